@@ -1,0 +1,19 @@
+"""The command line: a thin layer over the library (one module per command)."""
+
+from __future__ import annotations
+
+import importlib
+
+from ecgtool.cli.app import app
+
+# Order here is the order in --help.
+COMMANDS = [
+    "info",
+]
+
+for _name in COMMANDS:
+    importlib.import_module(f"ecgtool.cli.{_name}")
+
+
+def main() -> None:
+    app(prog_name="ecgtool")

@@ -1,0 +1,130 @@
+"""The Typer application, its global options and error handling.
+
+Command modules register themselves on :data:`app`. This module and the
+command modules import only light libraries at import time: shell completion
+runs the program on every Tab.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import typer
+from typer.core import TyperGroup
+
+from ecgtool import __version__
+from ecgtool.errors import EcgtoolError
+
+log = logging.getLogger("ecgtool")
+
+
+class _State:
+    verbose = 0
+    quiet = False
+
+
+state = _State()
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"ecgtool: error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"ecgtool: warning: {msg}"
+        return f"ecgtool: {msg}"
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    root = logging.getLogger("ecgtool")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    root.addHandler(handler)
+    root.propagate = False
+    if quiet:
+        root.setLevel(logging.ERROR)
+    elif verbose:
+        root.setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.INFO)
+
+
+class EcgtoolGroup(TyperGroup):
+    """Turns library errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except EcgtoolError as exc:
+            if state.verbose:
+                traceback.print_exc(file=sys.stderr)
+            typer.echo(f"ecgtool: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            typer.echo("ecgtool: interrupted", err=True)
+            ctx.exit(130)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:  # an ecgtool bug or an unexpected library failure
+            if state.verbose:
+                traceback.print_exc(file=sys.stderr)
+                ctx.exit(1)
+            typer.echo(
+                f"ecgtool: error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True
+            )
+            ctx.exit(1)
+
+
+def _quiet_broken_pipe() -> None:
+    """Downstream closed the pipe (… | head): stop quietly, as cat does."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+app = typer.Typer(
+    cls=EcgtoolGroup,
+    name="ecgtool",
+    help=(
+        "Command-line toolbox for ECG foundation models (ECG-FM, ECGFounder).\n\n"
+        "Commands read and write record tables (Parquet on disk, Arrow IPC on pipes, NPZ for numpy); "
+        "'-' means stdin/stdout, so they chain: "
+        "ecgtool convert DIR -o - | ecgtool preprocess --preset ecg-fm - -o seg.parquet"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ecgtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log lines; tracebacks on errors."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors on stderr; no progress bar."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    state.verbose = verbose
+    state.quiet = quiet
+    setup_logging(verbose, quiet)

@@ -1,0 +1,65 @@
+"""Helpers the command modules share: progress, finishing, provenance."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+import typer
+
+from ecgtool.cli.app import state
+from ecgtool.errors import RecordErrors
+
+log = logging.getLogger("ecgtool")
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "rec",
+             count=None) -> Iterator[T]:
+    """A tqdm bar on a terminal; a log line every 30 s otherwise (clusters).
+
+    ``count(item)`` says how many units one item is worth (e.g. rows of a batch).
+    """
+    count = count or (lambda _: 1)
+    if state.quiet:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+            for item in items:
+                yield item
+                bar.update(count(item))
+        return
+    done, start, last = 0, time.monotonic(), time.monotonic()
+    for item in items:
+        yield item
+        done += count(item)
+        now = time.monotonic()
+        if now - last >= 30:
+            last = now
+            rate = done / max(now - start, 1e-9)
+            of = f"/{total}" if total else ""
+            log.info("%s: %d%s %s (%.1f %s/s)", desc, done, of, unit, rate, unit)
+
+
+def finish(errors: RecordErrors, done_msg: str | None = None) -> None:
+    """Log the summary line and leave with the right exit code."""
+    if done_msg:
+        log.info(done_msg)
+    summary = errors.summary()
+    if summary:
+        if errors.policy is None:
+            log.error("%s (exit %d; --on-error skip accepts this, --on-error fail stops at the first)",
+                      summary, errors.exit_code)
+        else:
+            log.warning(summary)
+    if errors.exit_code:
+        raise typer.Exit(errors.exit_code)
+
+
+def record_errors(policy: str | None) -> RecordErrors:
+    return RecordErrors(policy, log)

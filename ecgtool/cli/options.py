@@ -1,0 +1,38 @@
+"""Option types shared by every command (one definition, used everywhere)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+Input = Annotated[str, typer.Argument(help="Input table (Parquet, Arrow IPC or NPZ); '-' for stdin.")]
+Output = Annotated[
+    str,
+    typer.Option("-o", "--output", help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise)."),
+]
+OutputFormat = Annotated[
+    Optional[str],
+    typer.Option(
+        "-O",
+        "--output-format",
+        help="parquet, arrow or npz (default: from the -o extension; Arrow on stdout).",
+    ),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Records per batch (bounds memory).")]
+OnError = Annotated[
+    Optional[str],
+    typer.Option(
+        "--on-error",
+        help="fail: stop at the first bad record; skip: drop bad records and exit 0. "
+        "Default: drop them, exit 3 if any was dropped.",
+    ),
+]
+Workers = Annotated[int, typer.Option("-j", "--workers", min=1, help="Worker processes.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Model = Annotated[
+    Optional[str],
+    typer.Option("-m", "--model", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -1,0 +1,360 @@
+"""The record table: column names, the signal column, and the table metadata.
+
+See docs/format.md for the contract in words. In short:
+
+* one row per ECG (or per segment), columns ``record_id`` (string), ``fs``
+  (float64, Hz), ``leads`` (list<string>), ``signal`` (lead-major nested list
+  of float32: ``signal[i][j]`` is lead ``j`` of row ``i``);
+* ``signal`` is ``list<list<float32>>`` while records differ in length, and
+  ``fixed_size_list<fixed_size_list<float32, T>, L>`` once every row shares
+  its lead set and length (after ``preprocess``), so that a batch converts to
+  an ``(N, L, T)`` numpy array without copying;
+* the schema metadata key ``ecgtool`` holds a JSON object: format version,
+  kind, processing history and kind-specific fields.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ecgtool import __version__
+from ecgtool.errors import InputError
+
+FORMAT_VERSION = "1.0"
+META_KEY = b"ecgtool"
+
+RECORD_ID = "record_id"
+FS = "fs"
+LEADS = "leads"
+SIGNAL = "signal"
+SEGMENT = "segment"
+PATIENT_ID = "patient_id"
+SOURCE = "source"
+LEAD_MASK = "lead_mask"
+EMBEDDING = "embedding"
+
+KINDS = ("records", "segments", "embeddings", "predictions", "labels", "saliency")
+
+
+@dataclass
+class TableMeta:
+    """What a table is and where it came from (stored in the schema metadata)."""
+
+    kind: str = "records"
+    history: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    format_version: str = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "kind": self.kind,
+                "history": self.history,
+                **self.info,
+            },
+            sort_keys=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "input") -> "TableMeta":
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{source}: the table's ecgtool metadata is not valid JSON ({exc})")
+        version = str(obj.pop("format_version", FORMAT_VERSION))
+        check_version(version, source)
+        kind = obj.pop("kind", "records")
+        history = obj.pop("history", [])
+        return cls(kind=kind, history=history, info=obj, format_version=version)
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema, source: str = "input") -> "TableMeta":
+        md = schema.metadata or {}
+        if META_KEY in md:
+            return cls.from_json(md[META_KEY], source)
+        # A table written by something else: guess the kind from its columns.
+        names = set(schema.names)
+        kind = "records"
+        if EMBEDDING in names:
+            kind = "embeddings"
+        elif SIGNAL not in names:
+            kind = "labels"
+        elif SEGMENT in names:
+            kind = "segments"
+        return cls(kind=kind)
+
+    def derive(self, kind: str | None = None, **info: Any) -> "TableMeta":
+        """A copy for a command's output: same history, new kind/info fields."""
+        new_info = dict(self.info)
+        new_info.update(info)
+        return TableMeta(kind=kind or self.kind, history=list(self.history), info=new_info)
+
+    def add_step(self, argv: Sequence[str] | None = None) -> "TableMeta":
+        """Append this command (like samtools' @PG lines) to the history."""
+        argv = list(sys.argv if argv is None else argv)
+        if argv:
+            argv[0] = "ecgtool"
+        self.history.append(
+            {
+                "program": "ecgtool",
+                "version": __version__,
+                "command": shlex.join(argv),
+                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        return self
+
+    def with_schema(self, schema: pa.Schema) -> pa.Schema:
+        md = dict(schema.metadata or {})
+        md[META_KEY] = self.to_json().encode()
+        return schema.with_metadata(md)
+
+
+def check_version(version: str, source: str = "input") -> None:
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise InputError(f"{source}: unreadable table format version {version!r}")
+    ours = int(FORMAT_VERSION.split(".")[0])
+    if major > ours:
+        raise InputError(
+            f"{source}: table format {version} is newer than this ecgtool understands ({FORMAT_VERSION})",
+            "upgrade ecgtool to read it",
+        )
+
+
+# --------------------------------------------------------------------------- signal column
+
+
+def signal_type(n_leads: int | None = None, n_samples: int | None = None) -> pa.DataType:
+    """Arrow type of the signal column: fixed shape when both sizes are given."""
+    if n_leads is None or n_samples is None:
+        return pa.list_(pa.list_(pa.float32()))
+    return pa.list_(pa.list_(pa.float32(), n_samples), n_leads)
+
+
+def is_fixed_signal(type_: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(type_) and pa.types.is_fixed_size_list(type_.value_type)
+
+
+def fixed_shape(type_: pa.DataType) -> tuple[int, int] | None:
+    """(leads, samples) of a fixed-shape signal type, else None."""
+    if is_fixed_signal(type_):
+        return type_.list_size, type_.value_type.list_size
+    return None
+
+
+def signals_to_arrow(signals: Sequence[np.ndarray], fixed: bool = False) -> pa.Array:
+    """Build the signal column from (leads, samples) float32 arrays.
+
+    With ``fixed=True`` every array must share one shape and the column is a
+    fixed-size list of fixed-size lists.
+    """
+    if len(signals) == 0:
+        return pa.array([], type=signal_type())
+    if fixed:
+        stack = np.ascontiguousarray(np.stack([np.asarray(s, dtype=np.float32) for s in signals]))
+        n, n_leads, n_samples = stack.shape
+        values = pa.array(stack.reshape(-1), type=pa.float32())
+        inner = pa.FixedSizeListArray.from_arrays(values, n_samples)
+        return pa.FixedSizeListArray.from_arrays(inner, n_leads)
+    lead_counts = np.array([s.shape[0] for s in signals], dtype=np.int64)
+    outer_offsets = np.zeros(len(signals) + 1, dtype=np.int32)
+    np.cumsum(lead_counts, out=outer_offsets[1:])
+    lead_lengths = np.concatenate(
+        [np.full(s.shape[0], s.shape[1] if s.ndim == 2 else 0, dtype=np.int64) for s in signals]
+    )
+    inner_offsets = np.zeros(len(lead_lengths) + 1, dtype=np.int64)
+    np.cumsum(lead_lengths, out=inner_offsets[1:])
+    if inner_offsets[-1] >= 2**31:
+        raise ValueError("batch too large for one signal column chunk; use a smaller batch size")
+    flat = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in signals])
+    inner = pa.ListArray.from_arrays(pa.array(inner_offsets.astype(np.int32)), pa.array(flat, type=pa.float32()))
+    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+
+
+def ragged_to_arrow(per_lead: Sequence[Sequence[np.ndarray]]) -> pa.Array:
+    """Signal column from rows whose leads may differ in length (kept as stored)."""
+    return pa.array(
+        [[np.asarray(x, dtype=np.float32) for x in row] for row in per_lead],
+        type=signal_type(),
+    )
+
+
+def signal_column(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    if SIGNAL not in batch.schema.names:
+        raise InputError(
+            f"the input has no '{SIGNAL}' column (columns: {', '.join(batch.schema.names)})",
+            "give a record table made by 'ecgtool convert'",
+        )
+    col = batch.column(batch.schema.get_field_index(SIGNAL))
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col
+
+
+def batch_signal_array(batch: pa.RecordBatch) -> np.ndarray:
+    """The whole batch as an (N, L, T) float32 array (zero-copy for fixed-shape tables)."""
+    col = signal_column(batch)
+    shape = fixed_shape(col.type)
+    if shape is not None:
+        if col.null_count:
+            raise InputError("the signal column has null rows")
+        flat = col.flatten().flatten()
+        arr = flat.to_numpy(zero_copy_only=False)
+        return arr.reshape(len(col), shape[0], shape[1])
+    sigs = batch_signals(batch)
+    shapes = {s.shape for s in sigs}
+    if len(shapes) > 1:
+        raise InputError(
+            f"records differ in shape ({', '.join(str(s) for s in sorted(shapes)[:4])})",
+            "run 'ecgtool preprocess' to give every record the same leads and length",
+        )
+    if not sigs:
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    return np.stack(sigs)
+
+
+def batch_signals(batch: pa.RecordBatch) -> list[np.ndarray]:
+    """Each row's signal as a (leads, samples) float32 array (views where possible).
+
+    A row whose leads differ in length raises :class:`ValueError`; read such
+    rows lead by lead with :func:`row_leads`.
+    """
+    col = signal_column(batch)
+    shape = fixed_shape(col.type)
+    if shape is not None:
+        return list(batch_signal_array(batch))
+    return [row_signal(col, i) for i in range(len(col))]
+
+
+def _list_parts(col: pa.Array):
+    if pa.types.is_fixed_size_list(col.type):
+        n = col.type.list_size
+        offsets = np.arange(len(col) + 1, dtype=np.int64) * n + col.offset * n
+        return offsets, col.values
+    offsets = col.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    return offsets, col.values
+
+
+def row_leads(col: pa.Array, i: int) -> list[np.ndarray]:
+    """Row i of a signal column as a list of per-lead arrays (lengths may differ)."""
+    outer_off, inner = _list_parts(col)
+    inner_off, values = _list_parts(inner)
+    vals = values.to_numpy(zero_copy_only=False)
+    a, b = outer_off[i], outer_off[i + 1]
+    return [vals[inner_off[k] : inner_off[k + 1]] for k in range(a, b)]
+
+
+def row_signal(col: pa.Array, i: int) -> np.ndarray:
+    """Row i of a signal column as a (leads, samples) float32 array."""
+    if not col[i].is_valid:
+        raise ValueError("the signal is null")
+    outer_off, inner = _list_parts(col)
+    inner_off, values = _list_parts(inner)
+    a, b = int(outer_off[i]), int(outer_off[i + 1])
+    n_leads = b - a
+    if n_leads == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    starts = inner_off[a:b]
+    ends = inner_off[a + 1 : b + 1]
+    lengths = ends - starts
+    if np.any(lengths != lengths[0]):
+        raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
+    lo, hi = int(starts[0]), int(ends[-1])
+    vals = values.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
+    if vals.dtype != np.float32:
+        vals = vals.astype(np.float32)
+    return vals.reshape(n_leads, int(lengths[0]))
+
+
+def column_values(batch: pa.RecordBatch, name: str, default: Any = None) -> list:
+    if name not in batch.schema.names:
+        return [default] * batch.num_rows
+    return batch.column(batch.schema.get_field_index(name)).to_pylist()
+
+
+def records_batch(
+    rows: Iterable[dict],
+    schema: pa.Schema | None = None,
+    fixed: bool = False,
+) -> pa.RecordBatch:
+    """Build a record batch from dicts with ``record_id``, ``fs``, ``leads``,
+    ``signal`` ((L, T) array) and any other columns.
+
+    With ``schema`` the batch is cast to it (missing columns become nulls).
+    """
+    rows = list(rows)
+    cols: dict[str, list] = {}
+    for r in rows:
+        for k in r:
+            cols.setdefault(k, [])
+    data: dict[str, pa.Array] = {}
+    for name in cols:
+        if name == SIGNAL:
+            data[name] = signals_to_arrow([r[SIGNAL] for r in rows], fixed=fixed)
+            continue
+        values = [r.get(name) for r in rows]
+        typ = None
+        if schema is not None and name in schema.names:
+            typ = schema.field(name).type
+        try:
+            data[name] = pa.array(values, type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            data[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    batch = pa.RecordBatch.from_pydict(data)
+    if schema is not None:
+        batch = conform(batch, schema)
+    return batch
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a batch to ``schema``: reorder, add missing columns as nulls, cast types.
+
+    Columns the schema does not know are an error (the writer's schema must
+    have been built with them).
+    """
+    if batch.schema.equals(schema, check_metadata=False):
+        return batch
+    arrays = []
+    for f in schema:
+        if f.name in batch.schema.names:
+            col = batch.column(batch.schema.get_field_index(f.name))
+            if not col.type.equals(f.type):
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise InputError(
+                        f"column '{f.name}' has type {col.type}, expected {f.type} ({exc})"
+                    ) from None
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(batch.num_rows, type=f.type))
+    extra = set(batch.schema.names) - set(schema.names)
+    if extra:
+        raise InputError(f"unexpected columns {sorted(extra)} in a batch")
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def replace_column(batch: pa.RecordBatch, name: str, array: pa.Array) -> pa.RecordBatch:
+    """Set or add a column (in place of the old one, or at the end)."""
+    names = batch.schema.names
+    if name in names:
+        i = names.index(name)
+        return batch.set_column(i, name, array) if hasattr(batch, "set_column") else _rebuild(batch, name, array)
+    return batch.append_column(name, array) if hasattr(batch, "append_column") else _rebuild(batch, name, array)
+
+
+def _rebuild(batch: pa.RecordBatch, name: str, array: pa.Array) -> pa.RecordBatch:
+    data = {n: batch.column(i) for i, n in enumerate(batch.schema.names)}
+    data[name] = array
+    return pa.RecordBatch.from_pydict(data)

@@ -1,0 +1,494 @@
+"""Reading and writing record tables: Parquet, Arrow IPC stream/file, NPZ.
+
+* Input formats are detected from the first bytes, never from the name;
+  gzip and zstd wrappers are removed transparently.
+* ``-`` is stdin/stdout. Parquet and NPZ on stdin are spooled to a temporary
+  file (their index sits at the end of the file).
+* Batches stream through: memory is bounded by the batch size (NPZ output is
+  the exception: numpy's format needs whole arrays, so it is meant for
+  exports that fit in memory).
+* Output files are written to a temporary file beside the target and renamed
+  on success; a failed command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from ecgtool.errors import InputError, UsageError
+from ecgtool.io import schema as S
+
+OUTPUT_FORMATS = ("parquet", "arrow", "npz")
+DEFAULT_BATCH_SIZE = 64
+PARQUET_ROW_GROUP = 256
+
+MAGIC = {
+    b"PAR1": "parquet",
+    b"\xff\xff\xff\xff": "arrow",
+    b"ARROW1": "arrow-file",
+    b"PK\x03\x04": "npz",
+    b"\x93NUMPY": "npy",
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def sniff(head: bytes) -> str | None:
+    """Name of the format whose magic bytes start ``head`` (None if unknown)."""
+    for magic, name in MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _display(src) -> str:
+    return "stdin" if str(src) == "-" else str(src)
+
+
+class TableReader:
+    """Iterate over the record batches of a table; ``schema`` and ``meta`` up front.
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE):
+        self.name = _display(src)
+        self.batch_size = batch_size
+        self._cleanup: list = []
+        self._iter: Iterator[pa.RecordBatch]
+        try:
+            self._open(src)
+        except Exception:
+            self.close()
+            raise
+
+    # -- opening -----------------------------------------------------------------
+    def _open(self, src) -> None:
+        if str(src) == "-":
+            raw = sys.stdin.buffer
+            if raw.isatty():
+                raise UsageError("no input: stdin is a terminal", "pipe a table in, or give a file name")
+            fh: BinaryIO = io.BufferedReader(raw, buffer_size=1 << 20) if not hasattr(raw, "peek") else raw
+            seekable = False
+        else:
+            path = Path(src)
+            if not path.exists():
+                raise InputError(f"{src}: no such file")
+            if path.is_dir():
+                raise InputError(
+                    f"{src}: is a folder, not a table", "to read raw ECG files, use 'ecgtool convert'"
+                )
+            fh = open(path, "rb")
+            self._cleanup.append(fh)
+            seekable = True
+        head = _peek(fh, 8)
+        fmt = sniff(head)
+        if fmt in ("gzip", "zstd"):
+            fh = _decompress(fh, fmt)
+            self._cleanup.append(fh)
+            seekable = False
+            head = _peek(fh, 8)
+            fmt = sniff(head)
+        if fmt is None:
+            if not head:
+                raise InputError(f"{self.name}: empty input", "the previous command may have failed")
+            raise InputError(
+                f"{self.name}: not a record table (starts with {head[:8]!r})",
+                "expected Parquet, Arrow IPC or NPZ; for raw ECG files use 'ecgtool convert'",
+            )
+        if fmt == "npy":
+            raise InputError(
+                f"{self.name}: a bare .npy array has no sampling rate or lead names",
+                "convert it first: ecgtool convert FILE.npy --fs 500 --leads I,II,... -o table.parquet",
+            )
+        if fmt in ("parquet", "arrow-file", "npz") and not seekable:
+            fh = self._spool(fh)
+        try:
+            if fmt == "arrow":
+                self._open_stream(fh)
+            elif fmt == "arrow-file":
+                self._open_arrow_file(fh)
+            elif fmt == "parquet":
+                self._open_parquet(fh)
+            else:
+                self._open_npz(fh)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError, KeyError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{self.name}: cannot read {fmt} table ({exc})", "the file may be truncated") from None
+        self.format = fmt
+        self.meta = S.TableMeta.from_schema(self.schema, self.name)
+
+    def _spool(self, fh: BinaryIO) -> BinaryIO:
+        tmp = tempfile.TemporaryFile(prefix="ecgtool-spool-")
+        shutil.copyfileobj(fh, tmp, 1 << 20)
+        tmp.seek(0)
+        self._cleanup.append(tmp)
+        return tmp
+
+    def _open_stream(self, fh) -> None:
+        reader = ipc.open_stream(fh)
+        self.schema = reader.schema
+
+        def gen():
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise InputError(f"{self.name}: the Arrow stream is cut short or corrupt ({exc})") from None
+                yield from _split(batch, self.batch_size)
+
+        self._iter = gen()
+
+    def _open_arrow_file(self, fh) -> None:
+        reader = ipc.open_file(fh)
+        self.schema = reader.schema
+
+        def gen():
+            for i in range(reader.num_record_batches):
+                yield from _split(reader.get_batch(i), self.batch_size)
+
+        self._iter = gen()
+
+    def _open_parquet(self, fh) -> None:
+        pf = pq.ParquetFile(fh)
+        self.schema = pf.schema_arrow
+        self.num_rows = pf.metadata.num_rows
+
+        def gen():
+            try:
+                yield from pf.iter_batches(batch_size=self.batch_size)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"{self.name}: the Parquet file is corrupt ({exc})") from None
+
+        self._iter = gen()
+
+    def _open_npz(self, fh) -> None:
+        table = npz_to_table(np.load(fh, allow_pickle=False), self.name)
+        self.schema = table.schema
+        self.num_rows = table.num_rows
+        self._iter = iter(table.to_batches(max_chunksize=self.batch_size))
+
+    # -- iteration ---------------------------------------------------------------
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self._iter
+
+    def read_all(self) -> pa.Table:
+        """The whole table in memory: only for tables known to be small (labels, embeddings)."""
+        return pa.Table.from_batches(list(self._iter), schema=self.schema)
+
+    def close(self) -> None:
+        for obj in reversed(self._cleanup):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        self._cleanup = []
+
+    def __enter__(self) -> "TableReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_table(src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE) -> TableReader:
+    return TableReader(src, batch_size=batch_size)
+
+
+def read_table(src: str | os.PathLike) -> tuple[pa.Table, S.TableMeta]:
+    """Read a whole (small) table: labels, embeddings, predictions."""
+    with open_table(src) as r:
+        return r.read_all(), r.meta
+
+
+def _split(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
+    if batch.num_rows <= size:
+        yield batch
+        return
+    for start in range(0, batch.num_rows, size):
+        yield batch.slice(start, size)
+
+
+def _peek(fh, n: int) -> bytes:
+    if hasattr(fh, "peek"):
+        data = fh.peek(n)
+        return bytes(data[:n])
+    pos = fh.tell()
+    data = fh.read(n)
+    fh.seek(pos)
+    return data
+
+
+def _decompress(fh, fmt: str):
+    if fmt == "gzip":
+        import gzip
+
+        return io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), buffer_size=1 << 20)
+    stream = pa.CompressedInputStream(pa.PythonFile(fh, mode="r"), "zstd")
+    return io.BufferedReader(_ArrowRaw(stream), buffer_size=1 << 20)
+
+
+class _ArrowRaw(io.RawIOBase):
+    def __init__(self, stream):
+        self._s = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._s.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+
+# --------------------------------------------------------------------------- NPZ
+
+
+def npz_to_table(npz, name: str = "input") -> pa.Table:
+    """NPZ (as written by :class:`TableWriter`) to a table.
+
+    Arrays: ``signal`` (N, L, T) or ``embedding`` (N, D), 1-D per-row columns,
+    ``leads`` (L,) shared by all rows, ``__ecgtool__`` the JSON metadata.
+    """
+    files = set(npz.files)
+    meta_json = None
+    if "__ecgtool__" in files:
+        meta_json = str(npz["__ecgtool__"])
+    n = None
+    data: dict[str, pa.Array] = {}
+    for key in npz.files:
+        if key in ("__ecgtool__", "leads"):
+            continue
+        arr = npz[key]
+        if key == S.SIGNAL:
+            if arr.ndim != 3:
+                raise InputError(f"{name}: 'signal' must be (records, leads, samples), got shape {arr.shape}")
+            data[key] = S.signals_to_arrow(list(arr.astype(np.float32, copy=False)), fixed=True)
+        elif arr.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+            data[key] = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
+        elif arr.ndim == 1:
+            data[key] = pa.array(arr.tolist() if arr.dtype.kind in "US" else arr)
+        else:
+            raise InputError(f"{name}: array '{key}' has {arr.ndim} dimensions; expected 1 or 2")
+        if n is None:
+            n = len(data[key])
+        elif len(data[key]) != n:
+            raise InputError(f"{name}: array '{key}' has {len(data[key])} rows, others have {n}")
+    if "leads" in files and n is not None:
+        leads = [str(x) for x in npz["leads"]]
+        data[S.LEADS] = pa.array([leads] * n, type=pa.list_(pa.string()))
+    if not data:
+        raise InputError(f"{name}: the NPZ file holds no arrays")
+    table = pa.table(data)
+    if meta_json is not None:
+        table = table.replace_schema_metadata({S.META_KEY: meta_json.encode()})
+    return table
+
+
+def table_to_npz_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if name == S.SIGNAL:
+            if not S.is_fixed_signal(col.type):
+                raise UsageError(
+                    "NPZ needs every record to share leads and length",
+                    "run 'ecgtool preprocess' first, or write Parquet",
+                )
+            L, T = S.fixed_shape(col.type)
+            out[name] = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(col), L, T)
+        elif name == S.LEADS:
+            rows = col.to_pylist()
+            if rows and any(r != rows[0] for r in rows):
+                raise UsageError("NPZ needs one lead set for all records", "run 'ecgtool preprocess' first")
+            out[name] = np.array(rows[0] if rows else [], dtype=str)
+        elif pa.types.is_fixed_size_list(col.type) and pa.types.is_primitive(col.type.value_type):
+            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            out[name] = np.array(["" if v is None else v for v in col.to_pylist()], dtype=str)
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            if col.null_count and not pa.types.is_floating(col.type):
+                col = col.cast(pa.float64())
+            out[name] = col.to_numpy(zero_copy_only=False)
+        else:
+            # lists, structs, dictionaries: keep as JSON text so nothing is lost
+            out[name] = np.array([json.dumps(v) for v in col.to_pylist()], dtype=str)
+    meta = (table.schema.metadata or {}).get(S.META_KEY)
+    if meta is not None:
+        out["__ecgtool__"] = np.array(meta.decode())
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def choose_format(dest: str | os.PathLike, fmt: str | None) -> str:
+    """Output format: explicit ``-O``, else the extension, else Arrow on a pipe."""
+    if fmt:
+        fmt = fmt.lower()
+        if fmt == "ipc":
+            fmt = "arrow"
+        if fmt not in OUTPUT_FORMATS:
+            raise UsageError(f"unknown output format {fmt!r}", f"choose one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+    d = str(dest)
+    if d == "-":
+        return "arrow"
+    ext = Path(d).suffix.lower()
+    return {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".arrow": "arrow",
+        ".arrows": "arrow",
+        ".ipc": "arrow",
+        ".feather": "arrow",
+        ".npz": "npz",
+    }.get(ext, "parquet")
+
+
+class TableWriter:
+    """Write batches to a file (atomically) or to stdout.
+
+    The schema (with its metadata) is fixed when the writer opens; every batch
+    is conformed to it.
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike,
+        schema: pa.Schema,
+        meta: S.TableMeta,
+        fmt: str | None = None,
+        row_group_size: int = PARQUET_ROW_GROUP,
+        compression: str = "zstd",
+    ):
+        self.dest = str(dest)
+        self.format = choose_format(dest, fmt)
+        self.schema = meta.with_schema(schema)
+        self.meta = meta
+        self.rows = 0
+        self._row_group = row_group_size
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._closed = False
+        self._tmp: str | None = None
+        if self.dest == "-":
+            out = sys.stdout.buffer
+            if out.isatty():
+                raise UsageError(
+                    "refusing to write a binary table to the terminal",
+                    "give -o FILE, or pipe into another command (… | ecgtool info -)",
+                )
+            self._fh = out
+        else:
+            target = Path(self.dest)
+            if not target.parent.exists():
+                raise UsageError(f"{self.dest}: folder {target.parent} does not exist")
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            self._fh = os.fdopen(fd, "wb")
+        if self.format == "parquet":
+            self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression)
+        elif self.format == "arrow":
+            self._w = ipc.new_stream(self._fh, self.schema)
+        else:
+            self._w = None
+            self._npz: list[pa.RecordBatch] = []
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if isinstance(batch, pa.Table):
+            for b in batch.to_batches():
+                self.write(b)
+            return
+        if batch.num_rows == 0:
+            return
+        batch = S.conform(batch, self.schema)
+        self.rows += batch.num_rows
+        if self.format == "parquet":
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            if self._pending_rows >= self._row_group:
+                self._flush()
+        elif self.format == "arrow":
+            self._w.write_batch(batch)
+            if self.dest == "-":
+                self._fh.flush()
+        else:
+            self._npz.append(batch)
+
+    def _flush(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._w.write_table(table, row_group_size=self._row_group)
+            self._pending = []
+            self._pending_rows = 0
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.format == "parquet":
+            self._flush()
+            self._w.close()
+        elif self.format == "arrow":
+            self._w.close()
+        else:
+            table = pa.Table.from_batches(self._npz, schema=self.schema)
+            np.savez(self._fh, **table_to_npz_arrays(table))
+        if self.dest == "-":
+            self._fh.flush()
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.dest)
+        self._tmp = None
+
+    def abort(self) -> None:
+        """Drop everything written so far (no partial file is left)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.dest == "-":
+            return
+        try:
+            self._fh.close()
+        except Exception:
+            pass
+        if self._tmp and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_table(
+    dest: str | os.PathLike, table: pa.Table, meta: S.TableMeta, fmt: str | None = None
+) -> None:
+    """Write a whole (small) table."""
+    with TableWriter(dest, table.schema, meta, fmt=fmt) as w:
+        w.write(table)
