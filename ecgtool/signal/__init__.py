@@ -1,0 +1,1 @@
+"""Signal processing on numpy arrays (numpy/scipy only, no torch)."""
