@@ -50,7 +50,11 @@ def _load_families() -> None:
     if _loaded:
         return
     for mod in FAMILY_MODULES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a family not installed in this tree yet
+            if exc.name != mod:
+                raise
     _loaded = True
 
 
