@@ -12,6 +12,7 @@ import sys
 import traceback
 
 import typer
+import typer.completion
 from typer.core import TyperGroup
 
 from ecgtool import __version__
@@ -109,6 +110,11 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+# Shell completion (the scripts in completions/ call the program back with
+# _ECGTOOL_COMPLETE set); registering the shells is cheap.
+typer.completion.completion_init()
 
 
 def _version(value: bool) -> None:

@@ -440,10 +440,17 @@ class TableWriter:
             self._pending_rows = 0
 
     def close(self) -> None:
-        """Finish the file and move it into place."""
+        """Finish the file and move it into place (or remove it if finishing fails)."""
         if self._closed:
             return
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
+
+    def _finish(self) -> None:
         if self.format == "parquet":
             self._flush()
             self._w.close()
@@ -466,6 +473,11 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
+        if self._w is not None:
+            try:
+                self._w.close()
+            except Exception:
+                pass
         if self.dest == "-":
             return
         try:

@@ -1,0 +1,1 @@
+complete --command ecgtool --no-files --arguments "(env _ECGTOOL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ecgtool)" --condition "env _ECGTOOL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ecgtool"

@@ -1,0 +1,208 @@
+"""Man pages and shell completion scripts, generated from the app itself.
+
+``python scripts/gen_docs.py`` writes ``man/`` and ``completions/``; a test
+regenerates them in memory and fails when the files in the repository are stale.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+import typer.main
+from typer._completion_shared import get_completion_script
+
+from ecgtool import __version__
+from ecgtool.cli import app
+
+PROG = "ecgtool"
+COMPLETE_VAR = "_ECGTOOL_COMPLETE"
+SHELLS = {"bash": "ecgtool.bash", "zsh": "_ecgtool", "fish": "ecgtool.fish"}
+
+OVERVIEW = r"""
+.SH STREAMS
+Every command reads and writes tables of ECG records (see docs/format.md for the contract).
+On disk the default is Parquet; on a pipe the default is the Arrow IPC stream format,
+because Parquet and NPZ cannot be read from a non-seekable stream.
+NPZ is an export/import format for numpy users.
+The output format comes from \fB\-O\fR, else from the \fB\-o\fR extension
+(.parquet, .arrow, .npz), else from whether stdout is a pipe.
+.PP
+\fB\-\fR means stdin or stdout. Data goes to stdout only; logs, warnings and
+progress go to stderr. A binary table is never written to a terminal.
+Input formats are recognised from their first bytes (Parquet, Arrow IPC stream or file, NPZ),
+and gzip or zstd wrappers are removed transparently.
+Memory stays bounded by \fB\-\-batch\-size\fR whatever the number of records.
+A command that fails leaves no partial output file: output is written to a temporary
+file beside the target and renamed on success.
+A closed downstream pipe (\fB| head\fR) ends the command quietly.
+.PP
+Columns a command does not know pass through untouched, so metadata and labels ride
+along a pipeline. Each command appends its command line to the table's history
+(shown by \fBecgtool info\fR).
+.SH BAD RECORDS
+A bad record does not stop a long run: it gets a one-line error on stderr naming the
+record and the cause, and a count is printed at the end.
+\fB\-\-on\-error fail\fR stops at the first bad record;
+\fB\-\-on\-error skip\fR drops bad records and exits 0.
+.SH EXIT STATUS
+.TP
+.B 0
+success
+.TP
+.B 1
+failure (the message says which file or record, why, and what to do)
+.TP
+.B 2
+usage error (bad option or argument)
+.TP
+.B 3
+finished, but some records were skipped (see \-\-on\-error)
+.TP
+.B 130
+interrupted
+.SH EXAMPLES
+.nf
+ecgtool convert data/ptbxl/records500 \-o \- | ecgtool preprocess \-\-preset ecg\-fm \- \-o seg.parquet
+ecgtool info seg.parquet
+.fi
+.SH GLOBAL OPTIONS
+.TP
+\fB\-v\fR, \fB\-\-verbose\fR
+more log lines; tracebacks on errors
+.TP
+\fB\-q\fR, \fB\-\-quiet\fR
+only errors on stderr; no progress bar
+.TP
+\fB\-\-version\fR
+print the version and exit
+"""
+
+
+def _esc(text: str) -> str:
+    text = text.replace("\\", "\\\\").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in text.split("\n"))
+
+
+def _split_help(help_text: str) -> tuple[str, str, str]:
+    """(first line, body, examples) of a command docstring."""
+    text = (help_text or "").strip()
+    examples = ""
+    m = re.search(r"\n\s*\x08?\s*\n?\s*Examples:\s*\n", text)
+    if m:
+        examples = text[m.end():]
+        text = text[: m.start()]
+    text = text.replace("\b\n", "").replace("\b", "")
+    lines = text.split("\n\n", 1)
+    first = " ".join(lines[0].split())
+    body = lines[1].strip() if len(lines) > 1 else ""
+    ex = "\n".join(line.strip() for line in examples.replace("\b", "").strip().split("\n") if line.strip())
+    return first, body, ex
+
+
+def _option_lines(cmd) -> list[str]:
+    ctx = typer.Context(cmd)
+    out = []
+    for p in cmd.params:
+        if getattr(p, "hidden", False) or p.param_type_name == "argument":
+            continue
+        rec = p.get_help_record(ctx)
+        if not rec:
+            continue
+        names, help_ = rec
+        out += [".TP", f"\\fB{_esc(names)}\\fR", _esc(" ".join(help_.split()))]
+    out += [".TP", "\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "show the help and exit"]
+    return out
+
+
+def _usage(cmd, path: str) -> str:
+    pieces = [f"\\fB{path}\\fR", "[OPTIONS]"]
+    for p in cmd.params:
+        if p.param_type_name == "argument":
+            name = (p.metavar or p.name).upper()
+            if p.nargs == -1:
+                name += "..."
+            pieces.append(name if p.required else f"[{name}]")
+    if hasattr(cmd, "commands"):
+        pieces.append("COMMAND [ARGS]...")
+    return " ".join(pieces)
+
+
+def _page(cmd, path: str, subcommands: list[tuple[str, object]]) -> str:
+    first, body, ex = _split_help(cmd.help or "")
+    title = path.replace(" ", "-")
+    lines = [
+        f'.TH {title.upper()} 1 "" "ecgtool {__version__}" "ecgtool manual"',
+        ".SH NAME",
+        f"{_esc(title)} \\- {_esc(first)}",
+        ".SH SYNOPSIS",
+        _esc(_usage(cmd, path)).replace("\\\\fB", "\\fB").replace("\\\\fR", "\\fR"),
+        ".SH DESCRIPTION",
+        _esc(first),
+    ]
+    if body:
+        for para in body.split("\n\n"):
+            lines += [".PP", _esc(" ".join(para.split()))]
+    args = [p for p in cmd.params if p.param_type_name == "argument"]
+    if args:
+        lines.append(".SH ARGUMENTS")
+        for p in args:
+            lines += [".TP", f"\\fI{_esc((p.metavar or p.name).upper())}\\fR", _esc(" ".join((getattr(p, 'help', '') or '').split()))]
+    if subcommands:
+        lines.append(".SH COMMANDS")
+        for name, sub in subcommands:
+            lines += [".TP", f"\\fB{_esc(name)}\\fR", _esc(_split_help(sub.help or "")[0])]
+    lines.append(".SH OPTIONS")
+    lines += _option_lines(cmd)
+    if ex:
+        lines += [".SH EXAMPLES", ".nf", _esc(ex), ".fi"]
+    if path == PROG:
+        lines.append(OVERVIEW.strip())
+    lines += [".SH SEE ALSO", "\\fBecgtool\\fR(1), docs/format.md"]
+    return "\n".join(lines) + "\n"
+
+
+def man_pages() -> dict[str, str]:
+    """File name -> roff text, one page per (sub)command plus the overview."""
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    pages: dict[str, str] = {}
+
+    def walk(cmd, path: str) -> None:
+        subs = []
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(ctx):
+                subs.append((name, cmd.get_command(ctx, name)))
+        pages[path.replace(" ", "-") + ".1"] = _page(cmd, path, subs)
+        for name, sub in subs:
+            walk(sub, f"{path} {name}")
+
+    walk(root, PROG)
+    return pages
+
+
+def completion_scripts() -> dict[str, str]:
+    return {
+        fname: get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell).rstrip("\n") + "\n"
+        for shell, fname in SHELLS.items()
+    }
+
+
+def write_all(root: Path) -> list[Path]:
+    written = []
+    man = root / "man"
+    comp = root / "completions"
+    man.mkdir(exist_ok=True)
+    comp.mkdir(exist_ok=True)
+    pages = man_pages()
+    for old in man.glob("*.1"):
+        if old.name not in pages:
+            old.unlink()
+    for name, text in pages.items():
+        (man / name).write_text(text)
+        written.append(man / name)
+    for name, text in completion_scripts().items():
+        (comp / name).write_text(text)
+        written.append(comp / name)
+    return written

@@ -1,0 +1,189 @@
+"""The record table: formats, sniffing, streaming, metadata, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ecgtool.errors import InputError, UsageError
+from ecgtool.io import (
+    TableMeta,
+    TableWriter,
+    batch_signal_array,
+    batch_signals,
+    open_table,
+    records_batch,
+    sniff,
+)
+from ecgtool.io.schema import FORMAT_VERSION, META_KEY
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "ecgtool" / "data" / "examples" / "ptbxl"
+
+
+def _example_rows():
+    import wfdb
+
+    rows = []
+    for hea in sorted(EXAMPLES.glob("*.hea")):
+        rec = wfdb.rdrecord(str(hea.with_suffix("")))
+        rows.append({"record_id": rec.record_name, "fs": float(rec.fs), "leads": rec.sig_name,
+                     "signal": rec.p_signal.T.astype(np.float32), "note": f"n{len(rows)}"})
+    return rows
+
+
+def _write(path, rows, fixed=False, fmt=None, meta=None):
+    batch = records_batch(rows, fixed=fixed)
+    meta = meta or TableMeta().add_step(["ecgtool", "test"])
+    with TableWriter(path, batch.schema, meta, fmt=fmt) as w:
+        w.write(batch)
+    return batch
+
+
+@pytest.mark.parametrize("ext", ["parquet", "arrow", "npz"])
+def test_round_trip_equals_source(tmp_path, ext):
+    rows = _example_rows()
+    out = tmp_path / f"t.{ext}"
+    _write(out, rows, fixed=(ext == "npz"))
+    with open_table(out, batch_size=3) as r:
+        batches = list(r)
+        assert r.meta.kind == "records"
+        assert r.meta.history[0]["command"] == "ecgtool test"
+    assert [b.num_rows for b in batches] == [3, 1]
+    sigs = [s for b in batches for s in batch_signals(b)]
+    for row, sig in zip(rows, sigs):
+        np.testing.assert_array_equal(sig, row["signal"])
+    notes = [x for b in batches for x in b.column("note").to_pylist()]
+    assert notes == [r["note"] for r in rows]
+
+
+def test_fixed_shape_is_zero_copy(tmp_path):
+    rows = _example_rows()
+    _write(tmp_path / "f.parquet", rows, fixed=True)
+    with open_table(tmp_path / "f.parquet") as r:
+        (batch,) = list(r)
+    arr = batch_signal_array(batch)
+    assert arr.shape == (4, 12, 5000) and arr.dtype == np.float32
+    np.testing.assert_array_equal(arr[2], rows[2]["signal"])
+
+
+def test_format_is_sniffed_not_named(tmp_path):
+    rows = _example_rows()[:1]
+    p = tmp_path / "misnamed.npz"
+    _write(p, rows, fmt="parquet")
+    assert p.read_bytes()[:4] == b"PAR1"
+    with open_table(p) as r:
+        assert r.format == "parquet"
+    gz = tmp_path / "x.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    with open_table(gz) as r:
+        np.testing.assert_array_equal(batch_signals(next(iter(r)))[0], rows[0]["signal"])
+    assert sniff(b"\xff\xff\xff\xff\x10") == "arrow"
+    assert sniff(b"ARROW1\x00\x00") == "arrow-file"
+
+
+def test_zstd_wrapped_arrow_stream(tmp_path):
+    rows = _example_rows()[:2]
+    p = tmp_path / "s.arrow"
+    _write(p, rows)
+    z = tmp_path / "s.zst"
+    with pa.CompressedOutputStream(str(z), "zstd") as out:
+        out.write(p.read_bytes())
+    with open_table(z) as r:
+        assert sum(b.num_rows for b in r) == 2
+
+
+def test_truncated_and_garbage_inputs(tmp_path):
+    rows = _example_rows()
+    p = tmp_path / "t.parquet"
+    _write(p, rows)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.parquet"):
+        with open_table(cut) as r:
+            list(r)
+    a = tmp_path / "t.arrow"
+    _write(a, rows)
+    cut_a = tmp_path / "cut.arrow"
+    cut_a.write_bytes(a.read_bytes()[: a.stat().st_size - 1000])
+    with pytest.raises(InputError, match="cut short|corrupt|cannot read"):
+        with open_table(cut_a) as r:
+            list(r)
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        open_table(tmp_path / "empty")
+    (tmp_path / "text.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a record table"):
+        open_table(tmp_path / "text.csv")
+    np.save(tmp_path / "a.npy", np.zeros((2, 3)))
+    with pytest.raises(InputError, match="convert"):
+        open_table(tmp_path / "a.npy")
+
+
+def test_newer_major_version_is_refused(tmp_path):
+    rows = _example_rows()[:1]
+    batch = records_batch(rows)
+    meta = TableMeta()
+    schema = batch.schema.with_metadata({META_KEY: json.dumps({"format_version": "99.0", "kind": "records"}).encode()})
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_batches([batch]).replace_schema_metadata(schema.metadata), tmp_path / "new.parquet")
+    with pytest.raises(InputError, match="newer"):
+        open_table(tmp_path / "new.parquet")
+    assert meta.format_version == FORMAT_VERSION
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    rows = _example_rows()
+    batch = records_batch(rows)
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with TableWriter(target, batch.schema, TableMeta()) as w:
+            w.write(batch)
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_needs_fixed_shape(tmp_path):
+    rows = _example_rows()
+    rows[0]["signal"] = rows[0]["signal"][:, :100]
+    with pytest.raises(UsageError, match="preprocess"):
+        _write(tmp_path / "x.npz", rows)
+    assert not any(tmp_path.iterdir())
+
+
+def test_parquet_on_stdin_is_spooled(tmp_path):
+    rows = _example_rows()
+    p = tmp_path / "t.parquet"
+    _write(p, rows)
+    with open(p, "rb") as fh:
+        out = subprocess.run([sys.executable, "-m", "ecgtool", "info", "--json", "-"], stdin=fh,
+                             capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["rows"] == 4 and info["sampling_rates"] == {"500": 4}
+    assert info["lead_sets"][0]["leads"][3] == "AVR"  # stored as given; convert normalises
+
+
+def test_pipe_between_processes_streams_arrow(tmp_path):
+    rows = _example_rows()
+    p = tmp_path / "t.parquet"
+    _write(p, rows)
+    cat = subprocess.Popen(["cat", str(p)], stdout=subprocess.PIPE)
+    out = subprocess.run([sys.executable, "-m", "ecgtool", "info", "-"], stdin=cat.stdout,
+                         capture_output=True, text=True)
+    cat.wait()
+    assert out.returncode == 0 and "4 rows" in out.stdout
+
+
+def test_info_on_missing_file_is_one_line(cli, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ecgtool", "info", str(tmp_path / "nope.parquet")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0 and "no such file" in res.stderr
