@@ -1,0 +1,144 @@
+"""HL7 aECG (annotated ECG) XML, the FDA's format for ECG waveforms.
+
+Parsed with defusedxml: a document that declares entities (internal
+expansion, "billion laughs") or refers to external ones is refused, never
+expanded or fetched. The first ``RHYTHM`` series is read (falling back to the
+first series of any kind); each ``SLIST_PQ`` lead sequence becomes
+``origin + scale * digits`` in its unit, scaled to mV; the sampling rate comes
+from the ``increment`` of the time sequence. Leads whose digit counts differ
+are kept at their own lengths.
+
+Philips Sierra XML (``<restingecgdata>``) is recognised and refused with a
+message: its waveforms are XLI-compressed and not read yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ecgtool.errors import RecordError
+from ecgtool.formats import RawRecord
+
+_UNIT = {"uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6}
+_TIME_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(el, name):
+    return [c for c in el if _local(c.tag) == name]
+
+
+def _child(el, name):
+    for c in el:
+        if _local(c.tag) == name:
+            return c
+    return None
+
+
+def _parse(path: Path, name: str):
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+    from xml.etree.ElementTree import ParseError
+
+    try:
+        return DET.parse(str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True).getroot()
+    except DefusedXmlException as exc:
+        raise RecordError(name, f"refused unsafe XML ({type(exc).__name__}: entity declarations and external "
+                          "references are not expanded or fetched)") from None
+    except ParseError as exc:
+        raise RecordError(name, f"not well-formed XML ({exc})") from None
+    except OSError as exc:
+        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_xml(path: str, **_options) -> list[RawRecord]:
+    p = Path(path)
+    name = p.stem
+    root = _parse(p, name)
+    tag = _local(root.tag)
+    if tag == "restingecgdata":
+        raise RecordError(name, "Philips Sierra XML is not supported yet (XLI-compressed waveforms)",
+                          "export the ECG as HL7 aECG, DICOM or WFDB")
+    if tag != "AnnotatedECG":
+        raise RecordError(name, f"XML root <{tag}> is neither HL7 aECG (<AnnotatedECG>) nor a known ECG format")
+    return [_read_aecg(root, p, name)]
+
+
+def _series(root):
+    found = []
+    for el in root.iter():
+        if _local(el.tag) == "series":
+            code = _child(el, "code")
+            found.append(((code.get("code") if code is not None else "") or "", el))
+    for code, el in found:
+        if code.upper() == "RHYTHM":
+            return el
+    return found[0][1] if found else None
+
+
+def _sequences(series):
+    """The series' own sequences (series/component/sequenceSet/component/sequence), not nested series'."""
+    for comp in _children(series, "component"):
+        for sset in _children(comp, "sequenceSet"):
+            for comp2 in _children(sset, "component"):
+                yield from _children(comp2, "sequence")
+
+
+def _read_aecg(root, path: Path, name: str) -> RawRecord:
+    series = _series(root)
+    if series is None:
+        raise RecordError(name, "HL7 aECG document has no <series> with waveforms")
+    fs = None
+    leads, signals, units = [], [], []
+    for seq in _sequences(series):
+        code_el = _child(seq, "code")
+        value = _child(seq, "value")
+        if code_el is None or value is None:
+            continue
+        code = code_el.get("code") or ""
+        vtype = next((v for k, v in value.attrib.items() if _local(k) == "type"), "")
+        if code.startswith("TIME_"):
+            inc = _child(value, "increment")
+            if inc is not None and fs is None:
+                try:
+                    step = float(inc.get("value")) * _TIME_UNIT.get((inc.get("unit") or "s").lower(), 1.0)
+                    fs = 1.0 / step
+                except (TypeError, ValueError, ZeroDivisionError):
+                    raise RecordError(name, f"unreadable time increment {inc.get('value')!r}") from None
+            continue
+        if vtype != "SLIST_PQ":
+            continue
+        origin, scale, digits = _child(value, "origin"), _child(value, "scale"), _child(value, "digits")
+        if digits is None or scale is None:
+            raise RecordError(name, f"lead {code}: SLIST_PQ without <scale> or <digits>")
+        try:
+            d = np.array((digits.text or "").split(), dtype=np.float64)
+            sc = float(scale.get("value"))
+            org = float(origin.get("value")) if origin is not None else 0.0
+        except (TypeError, ValueError) as exc:
+            raise RecordError(name, f"lead {code}: unreadable samples ({exc})") from None
+        unit = (scale.get("unit") or "uV").lower()
+        factor = _UNIT.get(unit)
+        if factor is None:
+            raise RecordError(name, f"lead {code}: unit {scale.get('unit')!r} is not a voltage")
+        signals.append(((org + sc * d) * factor).astype(np.float32))
+        lead = code[len("MDC_ECG_LEAD_"):] if code.startswith("MDC_ECG_LEAD_") else code
+        leads.append(lead)
+        units.append("mV")
+    if not signals:
+        raise RecordError(name, "HL7 aECG rhythm series has no lead sequences")
+    if fs is None:
+        raise RecordError(name, "HL7 aECG series has no time increment (sampling rate unknown)")
+    lengths = {len(s) for s in signals}
+    sig = np.stack(signals) if len(lengths) == 1 else signals
+    meta = {}
+    for el in root.iter():
+        t = _local(el.tag)
+        if t == "administrativeGenderCode" and "sex" not in meta:
+            meta["sex"] = {"M": "M", "F": "F"}.get((el.get("code") or "").upper())
+    return RawRecord(name=name, fs=fs, leads=leads, signal=sig, source=str(path), units=units, meta=meta)
