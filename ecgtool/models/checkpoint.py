@@ -321,6 +321,8 @@ def load_model(spec: str | Path, *, allow_random: bool = False, device: str | to
             model = load_ecgfounder_checkpoint(path)
         elif kind == "fairseq":
             model = _load_fairseq(path)
+            if not hasattr(model, "extra"):
+                model.extra = {}
         elif kind == "torch":
             raise CheckpointError(f"{path}: a PyTorch file, but neither an ECGFounder nor a fairseq-signals checkpoint",
                                   "ecgtool reads its own .safetensors, ECGFounder .pth and fairseq-signals .pt files")
@@ -349,3 +351,94 @@ def load_model(spec: str | Path, *, allow_random: bool = False, device: str | to
     if device is not None:
         model.to(resolve_device(device))
     return model
+
+
+# --------------------------------------------------------------------------- descriptions
+
+def _summary(model: torch.nn.Module) -> dict[str, Any]:
+    c = model.contract
+    d: dict[str, Any] = {
+        "family": model.family,
+        "parameters": parameter_count(model),
+    }
+    released = getattr(model, "released_file_parameters", None)
+    if released is not None:
+        d["released_file_parameters"] = int(released)
+    d.update({
+        "fs": c.fs, "leads": list(c.leads), "n_samples": c.n_samples, "seconds": c.seconds,
+        "normalisation": c.normalisation, "preset": c.preset,
+        "n_classes": len(model.label_names) if model.label_names is not None else getattr(model, "n_classes", None),
+        "label_names": list(model.label_names) if model.label_names is not None else None,
+        "config": model.config,
+    })
+    return d
+
+
+def build_on_meta(name: str, **overrides: Any) -> torch.nn.Module:
+    """A registered variant built on the meta device (shapes only, no memory, no init time)."""
+    from ecgtool.models.registry import create_model
+
+    with torch.device("meta"):
+        return create_model(name, **overrides)
+
+
+def describe_model(spec: str | Path) -> dict[str, Any]:
+    """Name, family, parameter count, input contract, outputs (and provenance for a checkpoint)."""
+    from ecgtool.models.registry import model_info
+
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        model = load_model(path)
+        d = {"name": path.name, "path": str(path), **_summary(model), "random_weights": False}
+        for key in KNOWN_EXTRAS:
+            if model.extra.get(key) is not None:
+                d[key] = model.extra[key]
+        return d
+    info = model_info(str(spec))
+    model = build_on_meta(info.name)
+    return {"name": info.name, "description": info.description, **_summary(model), "random_weights": True}
+
+
+def list_model_summaries(pattern: str | None = None) -> list[dict[str, Any]]:
+    from ecgtool.models.registry import list_models
+
+    return [describe_model(name) for name in list_models(pattern)]
+
+
+def import_released(src: str | Path, output: str | Path) -> list[str]:
+    """Convert a released checkpoint (ECGFounder .pth, fairseq-signals .pt) to a native one.
+
+    Returns report lines: what was read and what was written.
+    """
+    src, output = Path(src), Path(output)
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    if output.exists() and output.resolve() == src.resolve():
+        raise UsageError(f"-o {output}: would overwrite the source checkpoint")
+    kind = sniff(src)
+    if kind == "ecgfounder":
+        from ecgtool.models.import_ecgfounder import import_ecgfounder
+
+        model, report = import_ecgfounder(src)
+        lines = report.lines()
+    elif kind == "fairseq":
+        model = _load_fairseq(src)
+        prov = getattr(model, "extra", {}).get("provenance", {})
+        cfg = model.config
+        lines = [f"read {src} (fairseq-signals, sha256 {prov.get('source_sha256', '?')})",
+                 "  " + ", ".join(f"{k}={prov[k]}" for k in ("fairseq_model", "num_updates", "criterion")
+                                  if prov.get(k) is not None),
+                 f"  ECG-FM: {cfg.get('encoder_layers')} layers, dim {cfg.get('encoder_embed_dim')}, "
+                 f"{cfg.get('encoder_attention_heads')} heads, {parameter_count(model):,} parameters"]
+    elif kind == "safetensors":
+        raise UsageError(f"{src}: already a safetensors file; nothing to import",
+                         "use it directly with -m, or 'ecgtool models info' to inspect it")
+    elif kind == "torch":
+        raise CheckpointError(f"{src}: a PyTorch file, but neither an ECGFounder nor a fairseq-signals checkpoint")
+    else:
+        raise CheckpointError(f"{src}: not a checkpoint (neither a PyTorch file nor safetensors)")
+    save_checkpoint(model, output)
+    n = len(model.state_dict())
+    lines.append(f"wrote {output} ({n} tensors, {parameter_count(model):,} parameters, "
+                 f"{output.stat().st_size:,} bytes)")
+    return lines

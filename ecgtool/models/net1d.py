@@ -162,6 +162,19 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def bn_parameter_count(config: dict[str, Any]) -> int:
+    """Weights and biases of the BatchNorm layers the original code creates (and never uses):
+    one after the stem, and per block bn1 over its input width and bn2/bn3 over its middle width."""
+    cfg = normalise_config(config)
+    widths = [cfg["base_filters"]] + cfg["filter_list"]
+    total = 2 * cfg["base_filters"]
+    for s, n in enumerate(cfg["m_blocks_list"]):
+        mid = int(widths[s + 1] * cfg["ratio"])
+        for b in range(n):
+            total += 2 * ((widths[s] if b == 0 else widths[s + 1]) + 2 * mid)
+    return total
+
+
 class Net1D(nn.Module):
     """Net1D with the shared model interface (``features``/``pool``/``embed``/``logits``)."""
 
@@ -194,6 +207,10 @@ class Net1D(nn.Module):
     @property
     def n_classes(self) -> int | None:
         return self.config["n_classes"]
+
+    def released_layout_bn_parameters(self) -> int:
+        """BatchNorm weights+biases the released state dict carries for this config (unused by the model)."""
+        return bn_parameter_count(self.config)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return swish(self.first_conv(x))
@@ -253,16 +270,23 @@ def _variant(base: dict[str, Any], overrides: dict[str, Any]) -> Net1D:
     return Net1D(cfg, contract=contract, label_names=labels)
 
 
+def _released(base: dict[str, Any], overrides: dict[str, Any]) -> Net1D:
+    model = _variant(base, overrides)
+    # the released .pth also stores the BatchNorm tensors the model never uses
+    model.released_file_parameters = sum(p.numel() for p in model.parameters()) + bn_parameter_count(model.config)
+    return model
+
+
 @register_model("ecgfounder-12lead", FAMILY, CONTRACT_12,
                 "ECGFounder Net1D, 12 leads, 150 labels (released configuration)")
 def ecgfounder_12lead(**overrides) -> Net1D:
-    return _variant(RELEASED_CONFIG, overrides)
+    return _released(RELEASED_CONFIG, overrides)
 
 
 @register_model("ecgfounder-1lead", FAMILY, CONTRACT_1,
                 "ECGFounder Net1D, Lead I only, 150 labels (released configuration)")
 def ecgfounder_1lead(**overrides) -> Net1D:
-    return _variant({**RELEASED_CONFIG, "in_channels": 1}, overrides)
+    return _released({**RELEASED_CONFIG, "in_channels": 1}, overrides)
 
 
 SMALL_CONFIG = {**RELEASED_CONFIG, "base_filters": 32, "filter_list": [32, 64, 64, 128, 128, 256, 256],
