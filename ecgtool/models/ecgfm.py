@@ -431,6 +431,7 @@ class EcgFm(nn.Module):
                 raise ValueError(f"{len(label_names)} label names for {cfg['num_labels']} outputs")
         self.config = cfg
         self.label_names = label_names
+        self.extra: dict[str, Any] = {}  # provenance, thresholds, ... (kept by native checkpoints)
         self.contract = contract or (CONTRACT if cfg["in_d"] == 12 else InputContract(
             fs=500.0, leads=tuple(f"ch{i}" for i in range(cfg["in_d"])), n_samples=2500,
             normalisation="per-lead-zscore", preset=None))

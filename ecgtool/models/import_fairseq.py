@@ -110,13 +110,18 @@ def read_fairseq_checkpoint(src: str | os.PathLike | BinaryIO) -> dict:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Unsupported global" in msg or "not an allowed global" in msg or "Unsupported operand" in msg:
-            detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-            raise CheckpointError(f"{name}: refused to load: the pickle asks for code outside tensors and "
-                                  f"numpy arrays ({detail})",
+        lines = [ln.strip() for ln in msg.splitlines() if "global" in ln.lower() and "safe_globals" not in ln
+                 and "add_safe_globals" not in ln]
+        if lines:
+            detail = lines[0].split("WeightsUnpickler error:")[-1].strip()
+            raise CheckpointError(f"{name}: refused to load: the pickle asks for code outside tensors, "
+                                  f"containers and numpy arrays ({detail[:200]})",
                                   "only load checkpoints from a source you trust; a released ECG-FM "
                                   "checkpoint never needs this") from None
-        raise CheckpointError(f"{name}: not a torch checkpoint ({_first_line(msg)})") from None
+        detail = [ln.strip() for ln in msg.splitlines() if ln.strip()][-2:]
+        raise CheckpointError(f"{name}: not a torch checkpoint (unpickling failed: "
+                              f"{_first_line(detail[0] if detail else msg)})",
+                              "pass a fairseq-signals .pt file") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError,
             TypeError, AttributeError, ImportError) as e:
         raise CheckpointError(f"{name}: cannot read as a torch checkpoint: truncated or corrupt file "
@@ -334,5 +339,9 @@ def load_fairseq_checkpoint(src: str | os.PathLike | BinaryIO | dict, label_name
         n = hist[-1].get("num_updates") if hist and isinstance(hist[-1], dict) else None
         if isinstance(n, int):
             model.set_num_updates(n)
-    model.provenance = fairseq_provenance(state, path)
+    prov = fairseq_provenance(state, path)
+    prov["source"] = prov.get("source_file") or name
+    prov["importer"] = "ecgtool.models.import_fairseq"
+    model.provenance = prov
+    model.extra = {"provenance": prov}
     return model.eval()
