@@ -1,0 +1,139 @@
+"""ecgtool preprocess: model-ready, fixed-shape signals."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import BatchSize, Input, OnError, Output, OutputFormat
+
+log = logging.getLogger("ecgtool")
+
+
+class Preset(str, Enum):
+    ecg_fm = "ecg-fm"
+    ecgfounder = "ecgfounder"
+
+
+def _opt(*names: str, help: str, **kw):
+    return typer.Option(*names, help=help, **kw)
+
+
+def _floats(text: str, name: str, n: int) -> tuple[float, ...]:
+    from ecgtool.errors import UsageError
+
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise UsageError(f"{name} expects {n} comma-separated numbers, not {text!r}")
+    return vals
+
+
+@app.command("preprocess")
+def preprocess(
+    src: Input = "-",
+    output: Output = "-",
+    output_format: OutputFormat = None,
+    preset: Annotated[Optional[Preset], _opt("--preset", help="A published pipeline (other options override its values).")] = None,
+    leads: Annotated[Optional[str], _opt("--leads", help="Output leads in order: '12', 'I,II,V1', 'limb', ... (default: the first record's).")] = None,
+    derive: Annotated[Optional[bool], typer.Option("--derive/--no-derive", help="Derive III, aVR, aVL, aVF from I and II when absent (default on).")] = None,
+    missing: Annotated[Optional[str], _opt("--missing", help="Leads a record lacks: zero (zero-fill, lead_mask False) or drop (drop the record).")] = None,
+    fs: Annotated[Optional[float], _opt("--fs", help="Output sampling rate in Hz (records at this rate are untouched).")] = None,
+    resample_method: Annotated[Optional[str], _opt("--resample-method", help="linear (ECG-FM's interpolation) or poly (scipy resample_poly, anti-aliased).")] = None,
+    filter_set: Annotated[Optional[str], _opt("--filter", help="none: no band-pass, notch or baseline removal; ecgfounder: ECGFounder's filters. Options below override.")] = None,
+    bandpass: Annotated[Optional[str], _opt("--bandpass", help="LOW,HIGH band-pass in Hz (Butterworth, zero-phase), or none.")] = None,
+    filter_order: Annotated[Optional[int], _opt("--filter-order", help="Butterworth order of the band-pass / high-pass.", min=1)] = None,
+    notch: Annotated[Optional[str], _opt("--notch", help="Mains notch: 50, 60 or none.")] = None,
+    notch_q: Annotated[Optional[float], _opt("--notch-q", help="Quality factor of the notch.")] = None,
+    baseline: Annotated[Optional[str], _opt("--baseline", help="Baseline-wander removal: median (running median), highpass or none.")] = None,
+    baseline_window: Annotated[Optional[float], _opt("--baseline-window", help="Median window in seconds (0.4 = ECGFounder's).")] = None,
+    highpass_hz: Annotated[Optional[float], _opt("--highpass-hz", help="Cut-off of --baseline highpass, Hz.")] = None,
+    normalise: Annotated[Optional[str], _opt("--normalise", "--normalize", help="per-lead-zscore, record-zscore or none.")] = None,
+    norm_scope: Annotated[Optional[str], _opt("--norm-scope", help="record: statistics over the whole record before cropping/windowing; output: over each output row.")] = None,
+    length: Annotated[Optional[float], _opt("--length", help="Crop / zero-pad every record to this many seconds.")] = None,
+    crop: Annotated[Optional[str], _opt("--crop", help="Which part --length keeps: start or center.")] = None,
+    segment: Annotated[Optional[float], _opt("--segment", help="Cut into non-overlapping windows of this many seconds (remainder dropped).")] = None,
+    short: Annotated[Optional[str], _opt("--short", help="Records shorter than one window: skip (a per-record error) or pad (zero-pad to one window).")] = None,
+    nan: Annotated[Optional[str], _opt("--nan", help="NaN samples (always flagged in q_nan): zero (replace by 0) or drop the record.")] = None,
+    drop_flagged: Annotated[Optional[str], _opt("--drop-flagged", help="Drop records with these quality flags: nan,flat,clipping,amplitude or all.")] = None,
+    batch_size: BatchSize = 64,
+    on_error: OnError = None,
+) -> None:
+    """Resample, filter, normalise and window record tables into fixed-shape model input.
+
+    Every output row shares sampling rate, lead order and length. Quality flags
+    (q_nan, q_flat_leads, q_clipping, q_amplitude) and lead_mask are added; all
+    other columns pass through. See docs/preprocessing.md for the presets.
+
+    \b
+    Examples:
+      ecgtool convert data/ -o - | ecgtool preprocess --preset ecg-fm - -o seg.parquet
+      ecgtool preprocess --preset ecgfounder --notch 60 records.parquet -o x.parquet
+      ecgtool preprocess --leads I,II --fs 250 --segment 10 --normalise per-lead-zscore rec.parquet -o seg.parquet
+      ecgtool preprocess --preset ecg-fm --drop-flagged flat,nan --on-error skip rec.parquet -o seg.parquet
+    """
+
+    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.errors import UsageError
+    from ecgtool.io import open_table
+    from ecgtool.preprocess import make_config, preprocess_table
+    from ecgtool.signal.quality import FLAGS
+
+    bp = None
+    if bandpass is not None:
+        bp = False if bandpass.strip().lower() == "none" else _floats(bandpass, "--bandpass", 2)
+    nf = None
+    if notch is not None:
+        if notch.strip().lower() in ("none", "off", "0"):
+            nf = False
+        else:
+            nf = _floats(notch, "--notch", 1)[0]
+            if nf not in (50.0, 60.0):
+                log.warning("--notch %g: mains frequency is usually 50 or 60 Hz", nf)
+    flags = None
+    if drop_flagged is not None:
+        flags = [f.strip() for f in drop_flagged.split(",") if f.strip()]
+        if flags == ["all"]:
+            flags = list(FLAGS)
+        bad = [f for f in flags if f not in FLAGS]
+        if bad:
+            raise UsageError(f"--drop-flagged: unknown flag {', '.join(bad)}", f"choose from {', '.join(FLAGS)} or all")
+
+    cfg = make_config(
+        preset.value if preset is not None else None,
+        filter=filter_set,
+        leads=leads,
+        derive=derive,
+        missing=missing,
+        fs=fs,
+        resample_method=resample_method,
+        bandpass=bp,
+        filter_order=filter_order,
+        notch=nf,
+        notch_q=notch_q,
+        baseline=baseline,
+        baseline_window_s=baseline_window,
+        highpass_hz=highpass_hz,
+        normalisation=normalise,
+        norm_scope=norm_scope,
+        length_s=length,
+        crop=crop,
+        segment_s=segment,
+        short=short,
+        nan=nan,
+        drop_flagged=flags,
+    )
+    errors = record_errors(on_error)
+    with open_table(src, batch_size=batch_size) as reader:
+        total = getattr(reader, "num_rows", None)
+        batches = progress(reader, total=total, desc="preprocess", unit="rec", count=lambda b: b.num_rows)
+        pre = preprocess_table(reader, output, cfg, fmt=output_format, errors=errors, argv=None,
+                               batches=batches)
+    finish(errors, pre.summary())

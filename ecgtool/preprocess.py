@@ -1,0 +1,593 @@
+"""``preprocess``: record tables in, model-ready fixed-shape tables out.
+
+The pipeline, in order (each step a no-op when not asked for or when a record
+already satisfies it):
+
+1. **leads**: pick, reorder and derive leads (III, aVR, aVL, aVF from I and II);
+   leads that cannot be had are zero-filled with ``lead_mask`` False, or the
+   record is dropped (``missing="drop"``).
+2. **quality flags** on the signal in mV: ``q_nan``, ``q_flat_leads``,
+   ``q_clipping``, ``q_amplitude`` (see :mod:`ecgtool.signal.quality`);
+   optionally drop flagged records.
+3. **NaN policy**: ``zero`` (NaN -> 0 after flagging) or ``drop`` the record.
+   A record whose samples are all NaN is an error either way.
+4. **resample** to ``fs`` (``linear`` as ECG-FM, or ``poly`` = resample_poly).
+5. **filters** at the output rate: band-pass, notch, baseline removal
+   (median or high-pass), all zero-phase.
+6. **normalise** over the whole record (``norm_scope="record"``), then
+7. **length**: crop/pad to ``length`` seconds, or non-overlapping
+   ``segment``-second windows (remainder dropped, ``segment`` index added),
+8. or normalise each output row (``norm_scope="output"``).
+
+Every output row shares fs, lead order and length, so the signal column is
+fixed-shape. Columns the pipeline does not own pass through (repeated for
+every segment of a record). Rows of a batch that share rate, length and lead
+layout are processed as one (N, L, T) stack.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
+from ecgtool.io import schema as S
+from ecgtool.signal import filters as F
+from ecgtool.signal import normalise as N
+from ecgtool.signal import quality as Q
+from ecgtool.signal import resample as R
+from ecgtool.signal import segment as G
+from ecgtool.signal.derive import apply_plan, lead_plan
+from ecgtool.signal.leads import STANDARD_12, normalize_leads, parse_lead_list
+
+log = logging.getLogger("ecgtool")
+
+QUALITY_COLUMNS = ("q_nan", "q_flat_leads", "q_clipping", "q_amplitude")
+OWNED = {S.RECORD_ID, S.FS, S.LEADS, S.SIGNAL, S.SEGMENT, S.LEAD_MASK, *QUALITY_COLUMNS}
+BASELINES = ("none", "median", "highpass")
+MISSING = ("zero", "drop")
+NAN_POLICIES = ("zero", "drop")
+SHORT_POLICIES = ("skip", "pad")
+NORM_SCOPES = ("record", "output")
+
+
+@dataclass
+class PreprocessConfig:
+    """All settings of one preprocess run (stored in the output's metadata)."""
+
+    preset: str | None = None
+    leads: list[str] | None = None
+    derive: bool = True
+    missing: str = "zero"
+    fs: float | None = None
+    resample_method: str = "poly"
+    bandpass: tuple[float, float] | None = None
+    filter_order: int = 4
+    notch: float | None = None
+    notch_q: float = 30.0
+    baseline: str = "none"
+    baseline_window_s: float = 0.4
+    highpass_hz: float = 0.5
+    normalisation: str = "none"
+    norm_scope: str = "record"
+    length_s: float | None = None
+    crop: str = "start"
+    segment_s: float | None = None
+    short: str = "skip"
+    nan: str = "zero"
+    drop_flagged: list[str] = field(default_factory=list)
+    flat_mv: float = 0.01
+    clip_ms: float = 10.0
+    clip_plateaus: int = 3
+    amplitude_mv: float = 15.0
+
+    def validate(self) -> "PreprocessConfig":
+        def one_of(name, value, allowed):
+            if value not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+        one_of("--missing", self.missing, MISSING)
+        one_of("--resample-method", self.resample_method, R.METHODS)
+        one_of("--baseline", self.baseline, BASELINES)
+        one_of("--normalise", self.normalisation, N.METHODS)
+        one_of("--norm-scope", self.norm_scope, NORM_SCOPES)
+        one_of("--crop", self.crop, G.CROP_MODES)
+        one_of("--short", self.short, SHORT_POLICIES)
+        one_of("--nan", self.nan, NAN_POLICIES)
+        for flag in self.drop_flagged:
+            one_of("--drop-flagged", flag, Q.FLAGS)
+        if self.segment_s is not None and self.length_s is not None:
+            raise UsageError("--segment and --length exclude each other", "give one of them")
+        for name, v in (("--segment", self.segment_s), ("--length", self.length_s), ("--fs", self.fs)):
+            if v is not None and v <= 0:
+                raise UsageError(f"{name} must be positive, not {v}")
+        if self.bandpass is not None and not (0 < self.bandpass[0] < self.bandpass[1]):
+            raise UsageError(f"--bandpass needs 0 < LOW < HIGH, not {self.bandpass[0]},{self.bandpass[1]}")
+        if self.leads is not None and len(set(self.leads)) != len(self.leads):
+            raise UsageError(f"--leads names a lead twice: {','.join(self.leads)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["bandpass"] is not None:
+            d["bandpass"] = list(d["bandpass"])
+        return d
+
+
+# Published pipelines (docs/preprocessing.md walks through them step by step).
+PRESETS: dict[str, dict[str, Any]] = {
+    "ecg-fm": dict(
+        leads=list(STANDARD_12),
+        missing="zero",
+        fs=500.0,
+        resample_method="linear",
+        normalisation="per-lead-zscore",
+        norm_scope="record",
+        segment_s=5.0,
+    ),
+    "ecgfounder": dict(
+        leads=list(STANDARD_12),
+        missing="zero",
+        fs=500.0,
+        resample_method="linear",
+        notch=50.0,
+        notch_q=30.0,
+        bandpass=(0.67, 40.0),
+        filter_order=4,
+        baseline="median",
+        baseline_window_s=0.4,
+        length_s=10.0,
+        crop="start",
+        normalisation="record-zscore",
+        norm_scope="output",
+    ),
+}
+
+
+FILTER_SETS = ("none", "ecgfounder")
+
+
+def make_config(preset: str | None = None, filter: str | None = None, **overrides: Any) -> PreprocessConfig:
+    """A config from a preset plus explicit settings.
+
+    ``None`` means "not given" (the preset's value stays); ``False`` for
+    ``bandpass`` or ``notch`` switches that filter off. ``filter="none"``
+    switches every filter off (band-pass, notch, baseline) before the
+    explicit settings apply; ``filter="ecgfounder"`` switches ECGFounder's on.
+    """
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}", f"choose one of {', '.join(PRESETS)}")
+        base.update(PRESETS[preset])
+        base["preset"] = preset
+    if filter is not None:
+        if filter not in FILTER_SETS:
+            raise UsageError(f"unknown --filter {filter!r}", f"choose one of {', '.join(FILTER_SETS)}")
+        base.update(bandpass=None, notch=None, baseline="none")
+        if filter == "ecgfounder":
+            eg = PRESETS["ecgfounder"]
+            for k in ("notch", "notch_q", "bandpass", "filter_order", "baseline", "baseline_window_s"):
+                base[k] = eg[k]
+    names = {f.name for f in fields(PreprocessConfig)}
+    for k, v in overrides.items():
+        if k not in names:
+            raise TypeError(f"unknown preprocess setting {k!r}")
+        if v is False and k in ("bandpass", "notch"):
+            base[k] = None
+        elif v is not None:
+            base[k] = v
+    if base.get("leads") is not None:
+        base["leads"] = parse_lead_list(base["leads"])
+    return PreprocessConfig(**base).validate()
+
+
+# --------------------------------------------------------------------------- reading rows
+
+
+def _signal_parts(batch: pa.RecordBatch):
+    """(outer offsets, inner offsets, float32 values) of the signal column, once per batch."""
+    col = S.signal_column(batch)
+    shape = S.fixed_shape(col.type)
+    if shape is not None:
+        return None
+    outer_off, inner = S._list_parts(col)
+    inner_off, values = S._list_parts(inner)
+    vals = values.to_numpy(zero_copy_only=False)
+    if vals.dtype != np.float32:
+        vals = vals.astype(np.float32)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return outer_off, inner_off, vals, valid
+
+
+def _row(parts, i: int) -> np.ndarray:
+    outer_off, inner_off, vals, valid = parts
+    if not valid[i]:
+        raise ValueError("the signal is null")
+    a, b = int(outer_off[i]), int(outer_off[i + 1])
+    if b == a:
+        raise ValueError("the record has no leads")
+    starts = inner_off[a:b]
+    lengths = inner_off[a + 1 : b + 1] - starts
+    if np.any(lengths != lengths[0]):
+        raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
+    lo = int(starts[0])
+    return vals[lo : lo + int(lengths[0]) * (b - a)].reshape(b - a, int(lengths[0]))
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class Preprocessor:
+    """Turns input record batches into fixed-shape output batches.
+
+    The output's fs, leads and length come from the config, else from the
+    first good record; later records that cannot be brought to them are
+    per-record errors.
+    """
+
+    def __init__(self, config: PreprocessConfig, errors: RecordErrors | None = None):
+        self.cfg = config
+        self.errors = errors if errors is not None else RecordErrors("fail")
+        self.fs: float | None = config.fs
+        self.leads: list[str] | None = list(config.leads) if config.leads else None
+        self.n_samples: int | None = None
+        self._plans: dict[tuple, list] = {}
+        self._sos: dict[float, list] = {}
+        self.limits = Q.QualityLimits(config.flat_mv, config.clip_ms, config.clip_plateaus, config.amplitude_mv)
+        self.records_in = 0
+        self.records_out = 0
+        self.rows_out = 0
+        self.dropped: dict[str, int] = {}
+
+    # -- targets -------------------------------------------------------------------
+    def _window(self, fs: float) -> int | None:
+        sec = self.cfg.segment_s if self.cfg.segment_s is not None else self.cfg.length_s
+        if sec is None:
+            return None
+        n = sec * fs
+        if abs(n - round(n)) > 1e-6:
+            raise UsageError(f"{sec} s at {fs:g} Hz is not a whole number of samples", "choose another length or --fs")
+        return int(round(n))
+
+    def _filters(self, fs: float) -> list:
+        if fs in self._sos:
+            return self._sos[fs]
+        c = self.cfg
+        steps = []
+        try:
+            if c.notch is not None:
+                steps.append(("sos", F.notch_sos(fs, c.notch, c.notch_q)))
+            if c.bandpass is not None:
+                steps.append(("sos", F.bandpass_sos(fs, c.bandpass[0], c.bandpass[1], c.filter_order)))
+            if c.baseline == "highpass":
+                steps.append(("sos", F.highpass_sos(fs, c.highpass_hz, c.filter_order)))
+            elif c.baseline == "median":
+                steps.append(("median", F.median_kernel(fs, c.baseline_window_s)))
+        except ValueError as exc:
+            raise UsageError(f"cannot filter at {fs:g} Hz: {exc}", "resample first with --fs, or change the cut-offs")
+        self._sos[fs] = steps
+        return steps
+
+    def output_kind(self) -> str:
+        return "segments" if self.cfg.segment_s is not None else "records"
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """Schema of the output (needs the target leads and length, known after the first record)."""
+        L = len(self.leads) if self.leads is not None else None
+        T = self.n_samples
+        cols = [pa.field(S.RECORD_ID, pa.string())]
+        if self.cfg.segment_s is not None or S.SEGMENT in input_schema.names:
+            seg_type = pa.int32() if self.cfg.segment_s is not None else input_schema.field(S.SEGMENT).type
+            cols.append(pa.field(S.SEGMENT, seg_type))
+        cols += [
+            pa.field(S.FS, pa.float64()),
+            pa.field(S.LEADS, pa.list_(pa.string())),
+            pa.field(S.SIGNAL, S.signal_type(L, T)),
+        ]
+        if self.cfg.leads is not None:
+            cols.append(pa.field(S.LEAD_MASK, pa.list_(pa.bool_(), L) if L else pa.list_(pa.bool_())))
+        elif S.LEAD_MASK in input_schema.names:
+            cols.append(input_schema.field(S.LEAD_MASK))
+        cols += [pa.field(c, pa.int32()) for c in QUALITY_COLUMNS]
+        cols += [f for f in input_schema if f.name not in OWNED]
+        return pa.schema(cols)
+
+    def output_meta(self, meta_in: S.TableMeta) -> S.TableMeta:
+        return meta_in.derive(
+            kind=self.output_kind(),
+            normalisation=self.cfg.normalisation,
+            fs=self.fs,
+            leads=self.leads,
+            n_samples=self.n_samples,
+            preprocess=self.cfg.to_dict(),
+        )
+
+    # -- one batch -----------------------------------------------------------------
+    def _drop(self, why: str) -> None:
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+
+    def _fail(self, rid: str, cause: str, hint: str | None = None) -> None:
+        self.errors(RecordError(rid, cause, hint))
+
+    def process(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        if S.RECORD_ID not in batch.schema.names or S.FS not in batch.schema.names or S.LEADS not in batch.schema.names:
+            raise InputError(
+                f"the input lacks the record-table columns ({S.RECORD_ID}, {S.FS}, {S.LEADS}, {S.SIGNAL}); "
+                f"it has {', '.join(batch.schema.names)}",
+                "give a table made by 'ecgtool convert'",
+            )
+        n = batch.num_rows
+        self.records_in += n
+        ids = [str(x) for x in batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()]
+        fs_in = batch.column(batch.schema.get_field_index(S.FS)).to_numpy(zero_copy_only=False)
+        leads_in = batch.column(batch.schema.get_field_index(S.LEADS)).to_pylist()
+        parts = _signal_parts(batch)
+        fixed = S.batch_signal_array(batch) if parts is None else None
+
+        groups: dict[tuple, list[int]] = {}
+        rows: dict[int, np.ndarray] = {}
+        masks: dict[int, np.ndarray] = {}
+        for i in range(n):
+            rid = ids[i]
+            try:
+                x = fixed[i] if fixed is not None else _row(parts, i)
+            except ValueError as exc:
+                self._fail(rid, str(exc))
+                continue
+            if x.shape[1] == 0:
+                self._fail(rid, "the record has no samples")
+                continue
+            fs = float(fs_in[i]) if fs_in[i] is not None and np.isfinite(fs_in[i]) else 0.0
+            if fs <= 0:
+                self._fail(rid, f"sampling rate {fs_in[i]} is not a positive number")
+                continue
+            names = tuple(normalize_leads(leads_in[i] or []))
+            if len(names) != x.shape[0]:
+                self._fail(rid, f"{len(names)} lead names for {x.shape[0]} leads")
+                continue
+            if self.leads is None:
+                self.leads = list(names)
+            if self.fs is None:
+                self.fs = fs
+            if fs != self.fs and self.cfg.fs is None:
+                self._fail(rid, f"sampled at {fs:g} Hz, earlier records at {self.fs:g} Hz",
+                           "give --fs to resample every record to one rate")
+                continue
+            plan = self._plans.get(names)
+            if plan is None:
+                plan = lead_plan(names, self.leads, self.cfg.derive)
+                self._plans[names] = plan
+            absent = [w for w, p in zip(self.leads, plan) if p[0] == "missing"]
+            if absent and (self.cfg.missing == "drop" or self.cfg.leads is None):
+                if self.cfg.leads is None:
+                    self._fail(rid, f"lacks lead{'s' if len(absent) > 1 else ''} {', '.join(absent)} of the "
+                               f"first record ({', '.join(self.leads)})",
+                               "give --leads to choose the leads (missing ones are zero-filled)")
+                else:
+                    self._drop("missing leads")
+                continue
+            key = (fs, x.shape[1], names)
+            groups.setdefault(key, []).append(i)
+            rows[i] = x
+
+        out_idx: list[np.ndarray] = []
+        out_seg: list[np.ndarray] = []
+        out_sig: list[np.ndarray] = []
+        out_mask: list[np.ndarray] = []
+        out_q: list[dict] = []
+        for (fs, _t, names), idx in groups.items():
+            stack = np.stack([rows[i] for i in idx]) if len(idx) > 1 else rows[idx[0]][None]
+            stack, mask = apply_plan(stack, self._plans[names])
+            res = self._process_group(stack, mask, fs, [ids[i] for i in idx], names)
+            if res is None:
+                continue
+            keep, seg, sig, q = res
+            if len(keep) == 0:
+                continue
+            out_idx.append(np.asarray(idx, dtype=np.int64)[keep])
+            out_seg.append(seg)
+            out_sig.append(sig)
+            out_mask.append(np.broadcast_to(mask, (len(keep), len(mask))))
+            out_q.append(q)
+        if not out_idx:
+            return None
+        idx = np.concatenate(out_idx)
+        seg = np.concatenate(out_seg)
+        order = np.lexsort((seg, idx))
+        idx, seg = idx[order], seg[order]
+        sig = np.concatenate(out_sig)[order] if len(out_sig) > 1 else out_sig[0][order]
+        mask = np.concatenate(out_mask)[order]
+        qcols = {c: np.concatenate([q[c] for q in out_q])[order] for c in QUALITY_COLUMNS}
+        self.rows_out += len(idx)
+        self.records_out += len(np.unique(idx))
+        return self._assemble(batch, idx, seg, sig, mask, qcols)
+
+    def _process_group(self, x: np.ndarray, mask: np.ndarray, fs: float, ids: Sequence[str], names: Sequence[str] = ()):
+        """x (n, L, T) in mV -> (kept row positions, segment index, (rows, L, T) float32, flags)."""
+        c = self.cfg
+        if not mask.any():
+            for r in ids:
+                self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})",
+                           f"choose leads it has with --leads, e.g. --leads {names[0]}")
+            return None
+        q = Q.quality_flags(x, mask, self.limits, fs)
+        keep = np.ones(len(x), dtype=bool)
+        present_nan = q["q_nan"]
+        if present_nan.any():
+            all_nan = np.isnan(x[:, mask, :]).all(axis=(1, 2)) if mask.any() else np.ones(len(x), bool)
+            for k in np.flatnonzero(all_nan):
+                self._fail(ids[k], "every sample is NaN")
+                keep[k] = False
+            if c.nan == "drop":
+                for k in np.flatnonzero((present_nan > 0) & keep):
+                    self._drop("NaN samples")
+                    keep[k] = False
+        for flag in c.drop_flagged:
+            hit = q[Q.COLUMNS[flag]] > 0
+            for k in np.flatnonzero(hit & keep):
+                self._drop(f"flagged {flag}")
+                keep[k] = False
+        if not keep.all():
+            x = x[keep]
+            q = {k: v[keep] for k, v in q.items()}
+            ids = [r for r, k in zip(ids, keep) if k]
+        pos = np.flatnonzero(keep)
+        if len(x) == 0:
+            return None
+        if present_nan.any():
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        # resample
+        target_fs = self.fs if c.fs is not None else fs
+        x = R.resample(x, fs, target_fs, c.resample_method)
+        if x.shape[-1] == 0:
+            for r in ids:
+                self._fail(r, "too short to resample")
+            return None
+        # filter
+        steps = self._filters(target_fs)
+        if steps:
+            x = np.asarray(x, dtype=np.float64)
+            for kind, arg in steps:
+                x = F.filtfilt(x, arg) if kind == "sos" else x - F.median_baseline(x, arg)
+        if not mask.all():
+            x = x * mask[:, None]
+        if c.norm_scope == "record":
+            x = N.normalise(x, c.normalisation, mask)
+        # length
+        win = self._window(target_fs)
+        t = x.shape[-1]
+        if win is None:
+            if self.n_samples is None:
+                self.n_samples = t
+            if t != self.n_samples:
+                for r in ids:
+                    self._fail(r, f"{t} samples after resampling, earlier records have {self.n_samples}",
+                               "give --length SECONDS (crop/pad) or --segment SECONDS (windows)")
+                return None
+            seg = np.zeros(len(x), dtype=np.int32)
+            out = x
+            rowpos = pos
+        else:
+            self.n_samples = win
+            if c.segment_s is None:
+                out = G.crop_or_pad(x, win, c.crop)
+                seg = np.zeros(len(x), dtype=np.int32)
+                rowpos = pos
+            else:
+                k = G.n_windows(t, win)
+                if k == 0:
+                    if c.short == "pad":
+                        x = G.crop_or_pad(x, win)
+                        k = 1
+                    else:
+                        for r in ids:
+                            self._fail(r, f"{t / target_fs:.2f} s is shorter than one {c.segment_s:g} s window",
+                                       "use --short pad to zero-pad short records into one window")
+                        return None
+                w = G.windows(x, win)  # (n, k, L, win)
+                out = w.reshape((-1,) + w.shape[2:])
+                seg = np.tile(np.arange(k, dtype=np.int32), len(x))
+                rowpos = np.repeat(pos, k)
+                q = {name: np.repeat(v, k) for name, v in q.items()}
+        if c.norm_scope == "output":
+            out = N.normalise(out, c.normalisation, mask)
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        return rowpos, seg, out, q
+
+    def _assemble(self, batch, idx, seg, sig, mask, qcols) -> pa.RecordBatch:
+        n_out = len(idx)
+        L, T = sig.shape[1], sig.shape[2]
+        data: dict[str, pa.Array] = {}
+        take = pa.array(idx)
+        names = batch.schema.names
+        data[S.RECORD_ID] = batch.column(names.index(S.RECORD_ID)).take(take).cast(pa.string())
+        if self.cfg.segment_s is not None:
+            data[S.SEGMENT] = pa.array(seg, type=pa.int32())
+        elif S.SEGMENT in names:
+            data[S.SEGMENT] = batch.column(names.index(S.SEGMENT)).take(take)
+        data[S.FS] = pa.array(np.full(n_out, float(self.fs)), type=pa.float64())
+        lead_values = pa.array(list(self.leads) * n_out, type=pa.string())
+        data[S.LEADS] = pa.ListArray.from_arrays(
+            pa.array(np.arange(n_out + 1, dtype=np.int32) * L), lead_values
+        )
+        values = pa.array(sig.reshape(-1), type=pa.float32())
+        data[S.SIGNAL] = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(values, T), L)
+        if self.cfg.leads is not None:
+            data[S.LEAD_MASK] = pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(mask).reshape(-1), type=pa.bool_()), L
+            )
+        elif S.LEAD_MASK in names:
+            data[S.LEAD_MASK] = batch.column(names.index(S.LEAD_MASK)).take(take)
+        for c in QUALITY_COLUMNS:
+            data[c] = pa.array(qcols[c].astype(np.int32), type=pa.int32())
+        for i, name in enumerate(names):
+            if name not in OWNED:
+                data[name] = batch.column(i).take(take)
+        return pa.RecordBatch.from_pydict(data)
+
+    def summary(self) -> str:
+        what = "segments" if self.cfg.segment_s is not None else "rows"
+        msg = f"{self.records_in} records in, {self.rows_out} {what} out from {self.records_out} records"
+        if self.dropped:
+            msg += "; dropped: " + ", ".join(f"{v} ({k})" for k, v in sorted(self.dropped.items()))
+        return msg
+
+
+def preprocess_batches(
+    batches: Iterable[pa.RecordBatch],
+    config: PreprocessConfig,
+    errors: RecordErrors | None = None,
+) -> Iterable[pa.RecordBatch]:
+    """The processed batches of ``batches`` (a generator; see :class:`Preprocessor`)."""
+    pre = Preprocessor(config, errors)
+    for batch in batches:
+        out = pre.process(batch)
+        if out is not None:
+            yield out
+
+
+def preprocess_table(
+    reader,
+    dest: str,
+    config: PreprocessConfig,
+    fmt: str | None = None,
+    errors: RecordErrors | None = None,
+    argv: Sequence[str] | None = None,
+    batches: Iterable[pa.RecordBatch] | None = None,
+) -> Preprocessor:
+    """Stream ``reader``'s batches through the pipeline into ``dest``.
+
+    ``batches`` may wrap the reader (e.g. with a progress bar). The writer opens
+    with the first output batch (the output's shape is known then); a run that
+    yields nothing still writes an empty table. Returns the
+    :class:`Preprocessor` (counts, targets).
+    """
+    from ecgtool.io.stream import TableWriter
+
+    pre = Preprocessor(config, errors)
+    writer = None
+    try:
+        for batch in batches if batches is not None else reader:
+            out = pre.process(batch)
+            if out is None:
+                continue
+            if writer is None:
+                schema = pre.output_schema(reader.schema)
+                meta = pre.output_meta(reader.meta).add_step(argv)
+                writer = TableWriter(dest, schema, meta, fmt=fmt)
+            writer.write(out)
+        if writer is None:
+            schema = pre.output_schema(reader.schema)
+            meta = pre.output_meta(reader.meta).add_step(argv)
+            writer = TableWriter(dest, schema, meta, fmt=fmt)
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return pre

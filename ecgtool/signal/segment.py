@@ -1,0 +1,45 @@
+"""Fixed lengths: crop / pad, and non-overlapping windows (along the last axis)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CROP_MODES = ("start", "center")
+
+
+def crop_or_pad(x: np.ndarray, n: int, crop: str = "start") -> np.ndarray:
+    """Cut ``x`` (..., samples) to ``n`` samples, or zero-pad it at the end.
+
+    ``crop="start"`` keeps the first ``n`` samples; ``"center"`` the middle
+    ones (the extra sample of an odd excess is cut from the end).
+    """
+    t = x.shape[-1]
+    if t == n:
+        return x
+    if t > n:
+        if crop == "center":
+            a = (t - n) // 2
+            return x[..., a : a + n]
+        if crop != "start":
+            raise ValueError(f"unknown crop mode {crop!r} (choose {', '.join(CROP_MODES)})")
+        return x[..., :n]
+    out = np.zeros(x.shape[:-1] + (n,), dtype=x.dtype)
+    out[..., :t] = x
+    return out
+
+
+def n_windows(t: int, n: int) -> int:
+    """Number of whole non-overlapping windows of ``n`` samples in ``t`` samples."""
+    return t // n if n > 0 else 0
+
+
+def windows(x: np.ndarray, n: int) -> np.ndarray:
+    """Non-overlapping windows of ``n`` samples; the remainder is dropped.
+
+    (leads, samples) -> (windows, leads, n); (records, leads, samples) ->
+    (records, windows, leads, n). Views, no copies.
+    """
+    k = n_windows(x.shape[-1], n)
+    body = x[..., : k * n]
+    w = body.reshape(x.shape[:-1] + (k, n))
+    return np.moveaxis(w, -2, -3)
