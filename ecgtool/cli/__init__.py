@@ -9,12 +9,8 @@ from ecgtool.cli.app import app
 # Order here is the order in --help.
 COMMANDS = [
     "info",
-    "convert",
     "models",
     "preprocess",
-    "embed",
-    "predict",
-    "probe",
 ]
 
 for _name in COMMANDS:
