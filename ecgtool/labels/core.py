@@ -1,0 +1,709 @@
+"""From a record table's metadata columns to a label table and a label-definition report.
+
+Per record:
+
+1. every source column is read into *tokens* (see :mod:`ecgtool.labels.vocabulary`):
+   SNOMED codes (plus the codes the challenge scores as equivalent, plus the
+   concepts the code stands for), PTB-XL SCP codes (statement, diagnostic
+   subclass and superclass, concepts), CinC 2017 classes, and concepts read
+   from free text (negated ones are kept apart; uncertain ones carry a weight);
+2. concepts imply their ancestors (``hierarchy.csv``);
+3. each label of the target vocabulary is 1 when a token it names is present
+   (weight: the highest of those tokens), 0 otherwise, and missing (null) for
+   a record about which the sources say nothing recognisable, or nothing in
+   the vocabulary's scope (e.g. a PTB-XL record without diagnostic statements
+   for the superclass task).
+
+Codes that are not in the code tables are listed and counted; known codes and
+concepts that reach no label of the vocabulary are listed as unmapped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+
+from ecgtool.errors import InputError, UsageError
+from ecgtool.labels import sources as src_parse
+from ecgtool.labels.vocabulary import (
+    CINC2017_CLASSES,
+    Concepts,
+    Vocabulary,
+    default_concepts,
+    scp_table,
+    snomed_table,
+)
+
+UNCERTAIN_POLICIES = ("positive", "negative", "missing")
+WEIGHT_SUFFIX = "__w"
+
+# Column names tried when none is given (first present wins).
+AUTO_COLUMNS = {
+    "codes": ["dx", "Dx", "snomed", "snomed_codes", "dx_codes", "codes"],
+    "scp": ["scp_codes"],
+    "classes": ["cinc2017_label", "label", "class", "rhythm_class"],
+    "text": ["diagnosis", "diagnoses", "dx_text", "comments", "statements", "report"],
+}
+ID_COLUMNS = ["record_id", "record", "ecg_id", "id", "ID", "filename_hr", "filename_lr", "record_name"]
+
+
+@dataclass
+class SourceColumns:
+    text: list[str] = field(default_factory=list)
+    codes: str | None = None
+    scp: str | None = None
+    classes: str | None = None
+
+    def columns(self) -> list[str]:
+        return [c for c in [*self.text, self.codes, self.scp, self.classes] if c]
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.text:
+            d["text"] = list(self.text)
+        for k in ("codes", "scp", "classes"):
+            if getattr(self, k):
+                d[k] = getattr(self, k)
+        return d
+
+    @classmethod
+    def auto(cls, names: Iterable[str]) -> "SourceColumns":
+        names = list(names)
+        out = cls()
+        for kind in ("codes", "scp", "classes"):
+            for c in AUTO_COLUMNS[kind]:
+                if c in names:
+                    setattr(out, kind, c)
+                    break
+        # free text only when nothing coded is there (PTB-XL's German 'report' next to scp_codes)
+        if not (out.codes or out.scp or out.classes):
+            for c in AUTO_COLUMNS["text"]:
+                if c in names:
+                    out.text = [c]
+                    break
+        return out
+
+
+def default_vocabulary_for(cols: SourceColumns) -> str:
+    if cols.scp:
+        return "ptbxl-superclass"
+    if cols.classes:
+        return "cinc2017"
+    if cols.codes:
+        return "snomed"
+    return "concepts"
+
+
+# --------------------------------------------------------------------------- per record
+
+
+@dataclass
+class Findings:
+    positive: dict[str, float] = field(default_factory=dict)
+    negative: set[str] = field(default_factory=set)
+    items: dict[str, set[str]] = field(default_factory=dict)  # source item -> tokens it gave
+    unknown: list[tuple[str, str]] = field(default_factory=list)  # (source, code)
+    unrecognised_text: str | None = None
+    has_input: bool = False
+
+    def add(self, item: str, tokens: Iterable[str], weight: float = 1.0) -> None:
+        toks = set(tokens)
+        self.items.setdefault(item, set()).update(toks)
+        for t in toks:
+            self.positive[t] = max(weight, self.positive.get(t, 0.0))
+
+
+class RecordLabeler:
+    """Turns one record's source values into label values for a vocabulary."""
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        concepts: Concepts | None = None,
+        min_likelihood: float = 0.0,
+        hierarchy: bool = True,
+        uncertain: str = "positive",
+    ):
+        if uncertain not in UNCERTAIN_POLICIES:
+            raise UsageError(f"--uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, not {uncertain!r}")
+        if not 0.0 <= min_likelihood <= 100.0:
+            raise UsageError(f"--min-likelihood must be between 0 and 100, not {min_likelihood}")
+        self.vocab = vocab
+        self.concepts = concepts or default_concepts()
+        self.min_likelihood = float(min_likelihood)
+        self.hierarchy = hierarchy
+        self.uncertain = uncertain
+        self.vocab_tokens = set().union(*(lab.tokens() for lab in vocab.labels)) if vocab.labels else set()
+        self._code_cache: dict[str, set[str]] = {}
+        self._snomed = None
+        self._scp = None
+
+    @property
+    def snomed(self):
+        if self._snomed is None:
+            self._snomed = snomed_table()
+        return self._snomed
+
+    @property
+    def scp(self):
+        if self._scp is None:
+            self._scp = scp_table()
+        return self._scp
+
+    # -- sources -> tokens ---------------------------------------------------
+    def _snomed_tokens(self, code: str) -> set[str] | None:
+        key = "snomed:" + code
+        if key in self._code_cache:
+            return self._code_cache[key]
+        t = self.snomed
+        if code not in t.names and key not in self.concepts.by_code:
+            return None
+        toks = {key} | {f"snomed:{e}" for e in t.equivalent.get(code, ())}
+        toks |= self.concepts.concepts_for_code(key, t.names.get(code))
+        self._code_cache[key] = toks
+        return toks
+
+    def _scp_tokens(self, code: str) -> set[str] | None:
+        key = "scp:" + code
+        if key in self._code_cache:
+            return self._code_cache[key]
+        t = self.scp
+        if code not in t.description:
+            return None
+        toks = {key}
+        if code in t.diagnostic:
+            toks.add(f"scp_subclass:{t.subclass[code]}")
+            toks.add(f"scp_class:{t.superclass[code]}")
+        toks |= self.concepts.concepts_for_code(key, t.description.get(code))
+        self._code_cache[key] = toks
+        return toks
+
+    def findings(self, row: dict[str, Any], cols: SourceColumns) -> Findings:
+        f = Findings()
+        if cols.codes:
+            for code in src_parse.parse_codes(row.get(cols.codes)):
+                f.has_input = True
+                toks = self._snomed_tokens(code)
+                if toks is None:
+                    f.unknown.append(("snomed", code))
+                else:
+                    f.add("snomed:" + code, toks)
+        if cols.scp:
+            for code, lik in src_parse.parse_scp(row.get(cols.scp)).items():
+                f.has_input = True
+                toks = self._scp_tokens(code)
+                if toks is None:
+                    f.unknown.append(("scp", code))
+                    continue
+                # likelihood 0 means "not given" in PTB-XL: kept, with full weight
+                if 0.0 < lik < self.min_likelihood:
+                    continue
+                weight = lik / 100.0 if 0.0 < lik < 100.0 else 1.0
+                f.add("scp:" + code, toks, weight)
+        if cols.classes:
+            cls = src_parse.parse_class(row.get(cols.classes))
+            if cls is not None:
+                f.has_input = True
+                key = "cinc2017:" + cls
+                if cls in CINC2017_CLASSES or key in self.concepts.by_code:
+                    f.add(key, {key} | self.concepts.by_code.get(key, set()))
+                else:
+                    f.unknown.append(("class", cls))
+        texts = []
+        for c in cols.text:
+            t = src_parse.parse_text(row.get(c))
+            if t:
+                texts.append(t)
+        if texts:
+            f.has_input = True
+            text = "\n".join(texts)
+            res = self.concepts.labeler.label(text)
+            for cid, w in res.positive.items():
+                f.add(cid, {cid}, w)
+            f.negative |= res.negative
+            if not res.recognised:
+                f.unrecognised_text = text
+        if self.hierarchy:
+            concept_ids = {t for t in f.positive if ":" not in t}
+            neg = set(f.negative)
+            pos, neg = self.concepts.hierarchy.expand({t: f.positive[t] for t in concept_ids}, neg)
+            for t, w in pos.items():
+                f.positive[t] = max(w, f.positive.get(t, 0.0))
+            f.negative = neg - set(f.positive)
+            for item, toks in f.items.items():
+                extra = set()
+                for t in toks:
+                    if ":" not in t:
+                        extra |= self.concepts.hierarchy.ancestors(t)
+                toks |= extra
+        return f
+
+    def status(self, f: Findings) -> str:
+        """labelled, empty (no source value), unrecognised (nothing known), out_of_scope."""
+        if not f.has_input:
+            return "empty"
+        if not f.positive and not f.negative:
+            return "unrecognised"
+        if self.vocab.scope and not any(t.startswith(tuple(self.vocab.scope)) for t in f.positive):
+            return "out_of_scope"
+        return "labelled"
+
+    def values(self, f: Findings, status: str) -> list[tuple[int | None, float | None]]:
+        out: list[tuple[int | None, float | None]] = []
+        if status != "labelled":
+            return [(None, None)] * len(self.vocab.labels)
+        pos = f.positive
+        for lab in self.vocab.labels:
+            w = None
+            if lab.match:
+                ws = [pos[t] for t in lab.match if t in pos]
+                if ws:
+                    w = max(ws)
+            if w is None and lab.all and all(t in pos for t in lab.all):
+                w = min(pos[t] for t in lab.all)
+            if w is None:
+                out.append((0, 1.0))
+            elif w >= 1.0:
+                out.append((1, 1.0))
+            elif self.uncertain == "positive":
+                out.append((1, w))
+            elif self.uncertain == "negative":
+                out.append((0, 1.0))
+            else:
+                out.append((None, None))
+        return out
+
+    def unmapped_items(self, f: Findings) -> list[str]:
+        return [item for item, toks in f.items.items() if not (toks & self.vocab_tokens)]
+
+
+# --------------------------------------------------------------------------- join
+
+
+def _id_keys(value: Any) -> list[str]:
+    """Ways a record id may be spelt: as is, file base name, without extension, without leading zeros."""
+    if value is None:
+        return []
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    s = str(value).strip()
+    if not s:
+        return []
+    keys = [s]
+    base = s.replace("\\", "/").rsplit("/", 1)[-1]
+    keys.append(base)
+    stem = re.sub(r"\.(hea|dat|mat|xml|dcm|csv|npy|edf)$", "", base, flags=re.IGNORECASE)
+    keys.append(stem)
+    m = re.fullmatch(r"0*(\d+)(?:_(?:hr|lr))?", stem)
+    if m:
+        keys.append("#" + m.group(1))
+    out = []
+    for k in keys:
+        if k not in out:
+            out.append(k)
+    return out
+
+
+_SHAPE = re.compile(r"\d+|[A-Za-z]+")
+
+
+def _shape(s: str) -> str:
+    return _SHAPE.sub(lambda m: "9" if m.group(0)[0].isdigit() else "a", s)
+
+
+class JoinTable:
+    """A small CSV of per-record metadata (PTB-XL database, REFERENCE.csv, ludb.csv)
+    looked up by record id. A CSV without a header row (CinC 2017's REFERENCE.csv)
+    is detected and its columns named ``record_id``, ``label``, ``col3``..."""
+
+    def __init__(self, path: str, on: str | None = None):
+        import pandas as pd
+
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{path}: no such file (--join)")
+        try:
+            head = pd.read_csv(p, dtype=str, nrows=2, header=None, keep_default_na=False)
+        except Exception as exc:  # pandas raises many types on bad CSV
+            raise InputError(f"{path}: cannot read as CSV ({exc})") from None
+        headerless = False
+        if len(head) == 2:
+            a, b = [str(x) for x in head.iloc[0]], [str(x) for x in head.iloc[1]]
+            headerless = all(_shape(x) == _shape(y) and x for x, y in zip(a, b))
+        if headerless:
+            n = head.shape[1]
+            names = ["record_id", "label"] + [f"col{i + 1}" for i in range(2, n)]
+            df = pd.read_csv(p, dtype=str, header=None, names=names[:n], keep_default_na=False)
+        else:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        df.columns = [str(c).strip() for c in df.columns]
+        self.path = str(path)
+        self.headerless = headerless
+        self.columns = list(df.columns)
+        self.rows = df.to_dict("records")
+        for r in self.rows:
+            for k, v in r.items():
+                if isinstance(v, str):
+                    r[k] = v.strip() if v.strip() else None
+        if on is not None and on not in self.columns:
+            raise UsageError(f"--join-on {on!r} is not a column of {path}", f"columns: {', '.join(self.columns)}")
+        self.on = on
+        self._index: dict[str, dict[str, int]] = {}
+        self.used: set[int] = set()
+
+    def _build(self, col: str) -> dict[str, int]:
+        if col not in self._index:
+            idx: dict[str, int] = {}
+            for i, r in enumerate(self.rows):
+                for k in _id_keys(r.get(col)):
+                    idx.setdefault(k, i)
+            self._index[col] = idx
+        return self._index[col]
+
+    def choose_key(self, sample_ids: list[str]) -> str:
+        """The join column: --join-on, else the candidate that matches most sample ids."""
+        if self.on:
+            return self.on
+        cands = [c for c in ID_COLUMNS if c in self.columns] or self.columns[:1]
+        best, best_n = cands[0], -1
+        for c in cands:
+            idx = self._build(c)
+            n = sum(1 for s in sample_ids if any(k in idx for k in _id_keys(s)))
+            if n > best_n:
+                best, best_n = c, n
+        self.on = best
+        return best
+
+    def lookup(self, record_id: str) -> dict[str, Any] | None:
+        idx = self._build(self.on)
+        for k in _id_keys(record_id):
+            if k in idx:
+                self.used.add(idx[k])
+                return self.rows[idx[k]]
+        return None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pos_weight(pos: int, neg: int) -> tuple[float | None, str | None]:
+    """(1 - p) / p with p = pos / (pos + neg), i.e. neg / pos; None with a reason when undefined."""
+    if pos + neg == 0:
+        return None, "no labelled records"
+    if pos == 0:
+        return None, "no positives"
+    if neg == 0:
+        return 0.0, "no negatives"
+    return neg / pos, None
+
+
+class Report:
+    """Counts for the label-definition report (bounded memory: counters only)."""
+
+    MAX_EXAMPLES = 5
+
+    def __init__(self, vocab: Vocabulary, cols: SourceColumns, split_column: str | None):
+        self.vocab = vocab
+        self.cols = cols
+        self.split_column = split_column
+        n = len(vocab.labels)
+        self.counts: dict[str, list[list[int]]] = {}  # split -> per label [pos, neg, missing, uncertain]
+        self.records = 0
+        self.status = Counter()
+        self.unknown: dict[str, Counter] = {}
+        self.unknown_records = 0
+        self.unmapped = Counter()
+        self.unrecognised_examples: list[dict] = []
+        self.empty_examples: list[str] = []
+        self.join: dict[str, Any] | None = None
+        self._n = n
+
+    def add(self, record_id: str, split: Any, status: str, values, f: Findings, unmapped: list[str]) -> None:
+        self.records += 1
+        self.status[status] += 1
+        keys = ["all"]
+        if self.split_column is not None:
+            keys.append("missing split" if split is None else str(split))
+        for key in keys:
+            rows = self.counts.setdefault(key, [[0, 0, 0, 0] for _ in range(self._n)])
+            for i, (v, w) in enumerate(values):
+                if v is None:
+                    rows[i][2] += 1
+                elif v == 1:
+                    rows[i][0] += 1
+                    if w is not None and w < 1.0:
+                        rows[i][3] += 1
+                else:
+                    rows[i][1] += 1
+        if f.unknown:
+            self.unknown_records += 1
+        for source, code in f.unknown:
+            self.unknown.setdefault(source, Counter())[code] += 1
+        for item in unmapped:
+            self.unmapped[item] += 1
+        if status == "unrecognised" and f.unrecognised_text and len(self.unrecognised_examples) < self.MAX_EXAMPLES:
+            self.unrecognised_examples.append({"record_id": record_id, "text": f.unrecognised_text[:200]})
+        if status == "empty" and len(self.empty_examples) < self.MAX_EXAMPLES:
+            self.empty_examples.append(record_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        labels = []
+        order = ["all"] + sorted((k for k in self.counts if k != "all"), key=_split_order)
+        for i, lab in enumerate(self.vocab.labels):
+            splits = {}
+            for key in order:
+                if key not in self.counts:
+                    continue
+                pos, neg, miss, unc = self.counts[key][i]
+                pw, note = pos_weight(pos, neg)
+                splits[key] = {
+                    "positive": pos,
+                    "negative": neg,
+                    "missing": miss,
+                    "uncertain": unc,
+                    "prevalence": (pos / (pos + neg)) if pos + neg else None,
+                    "pos_weight": pw,
+                    **({"note": note} if note else {}),
+                }
+            labels.append({"name": lab.name, "mapped": lab.mapped, "splits": splits})
+        concept_names = dict(default_concepts().names)
+        for code, name in snomed_table().names.items():
+            concept_names["snomed:" + code] = name
+        for code, name in scp_table().description.items():
+            concept_names["scp:" + code] = name
+        d = {
+            "vocabulary": self.vocab.name,
+            "vocabulary_title": self.vocab.title,
+            "sources": self.cols.describe(),
+            "split_column": self.split_column,
+            "records": self.records,
+            "labelled": self.status.get("labelled", 0),
+            "unlabelled": {
+                "empty": self.status.get("empty", 0),
+                "unrecognised": self.status.get("unrecognised", 0),
+                "out_of_scope": self.status.get("out_of_scope", 0),
+            },
+            "unknown_codes": {
+                "records": self.unknown_records,
+                "total": sum(sum(c.values()) for c in self.unknown.values()),
+                "codes": {s: dict(c.most_common()) for s, c in self.unknown.items()},
+            },
+            "unmapped": {
+                "total": sum(self.unmapped.values()),
+                "items": {k: {"count": v, **({"name": concept_names[k]} if k in concept_names else {})}
+                          for k, v in self.unmapped.most_common()},
+            },
+            "unmapped_labels": self.vocab.unmapped,
+            "unrecognised_examples": self.unrecognised_examples,
+            "empty_examples": self.empty_examples,
+            "labels": labels,
+        }
+        if self.join is not None:
+            d["join"] = self.join
+        return d
+
+
+def _split_order(k: str):
+    try:
+        return (0, float(k), k)
+    except ValueError:
+        return (1, 0.0, k)
+
+
+def report_rows(report: dict) -> list[dict]:
+    """The per-label, per-split table of a report (for CSV and the terminal)."""
+    rows = []
+    for lab in report["labels"]:
+        for split, s in lab["splits"].items():
+            rows.append({"label": lab["name"], "split": split, **{k: s.get(k) for k in
+                        ("positive", "negative", "missing", "uncertain", "prevalence", "pos_weight", "note")}})
+    return rows
+
+
+def write_report(report: dict, path: str) -> None:
+    import csv
+    import json
+
+    p = Path(path)
+    if not p.parent.exists():
+        raise UsageError(f"{path}: folder {p.parent} does not exist (--report)")
+    if p.suffix.lower() == ".csv":
+        rows = report_rows(report)
+        with open(p, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label", "split"])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        p.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(o):
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    return str(o)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class InputTable:
+    """A record table or a plain CSV opened once; ``batches(columns)`` reads only
+    those columns where the format allows it (Parquet files skip the signal)."""
+
+    def __init__(self, src: str, batch_size: int = 1024):
+        from ecgtool.io import open_table
+        from ecgtool.io.schema import TableMeta
+
+        self.src = src
+        self.batch_size = batch_size
+        self._reader = None
+        self._csv_sep = None
+        if src != "-" and Path(src).suffix.lower() in (".csv", ".tsv"):
+            import pandas as pd
+
+            if not Path(src).exists():
+                raise InputError(f"{src}: no such file")
+            self._csv_sep = "\t" if src.lower().endswith(".tsv") else ","
+            try:
+                self.names = [str(c) for c in pd.read_csv(src, sep=self._csv_sep, nrows=0).columns]
+            except Exception as exc:
+                raise InputError(f"{src}: cannot read as CSV ({exc})") from None
+            self.meta = TableMeta(kind="records")
+            self.format = "csv"
+            self.types = {}
+            return
+        self._reader = open_table(src, batch_size=batch_size)
+        self.names = list(self._reader.schema.names)
+        self.meta = self._reader.meta
+        self.format = self._reader.format
+        self.types = {f.name: f.type for f in self._reader.schema}
+
+    def batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        want = [c for c in columns if c in self.names]
+        if self.format == "csv":
+            import pandas as pd
+
+            for chunk in pd.read_csv(self.src, sep=self._csv_sep, dtype=str, chunksize=self.batch_size,
+                                     keep_default_na=False, usecols=want):
+                chunk = chunk.replace({"": None})
+                yield pa.RecordBatch.from_pandas(chunk, preserve_index=False)
+            return
+        if self.format == "parquet" and self.src != "-":
+            import pyarrow.parquet as pq
+
+            self.close()
+            yield from pq.ParquetFile(self.src).iter_batches(batch_size=self.batch_size, columns=want)
+            return
+        try:
+            for b in self._reader:
+                yield b.select(want)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+@dataclass
+class LabelOptions:
+    vocabulary: Vocabulary
+    columns: SourceColumns
+    id_column: str = "record_id"
+    split_column: str | None = None
+    min_likelihood: float = 0.0
+    uncertain: str = "positive"
+    weights: bool = False
+    hierarchy: bool = True
+    keep: list[str] = field(default_factory=list)  # columns copied to the output (patient_id, split)
+
+
+def output_schema(opts: LabelOptions, types: dict[str, pa.DataType]) -> pa.Schema:
+    fields = [pa.field("record_id", pa.string())]
+    for c in opts.keep:
+        fields.append(pa.field(c, types.get(c, pa.string())))
+    for lab in opts.vocabulary.labels:
+        fields.append(pa.field(lab.name, pa.int8()))
+    if opts.weights:
+        for lab in opts.vocabulary.labels:
+            fields.append(pa.field(lab.name + WEIGHT_SUFFIX, pa.float32()))
+    return pa.schema(fields)
+
+
+def label_batches(
+    batches: Iterable[pa.RecordBatch],
+    opts: LabelOptions,
+    schema: pa.Schema,
+    report: Report,
+    join: JoinTable | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Label every row of every batch; yields label batches with ``schema``."""
+    labeler = RecordLabeler(opts.vocabulary, min_likelihood=opts.min_likelihood,
+                            hierarchy=opts.hierarchy, uncertain=opts.uncertain)
+    cols = opts.columns
+    n_labels = len(opts.vocabulary.labels)
+    joined = unjoined = 0
+    unjoined_examples: list[str] = []
+    for batch in batches:
+        rows = batch.to_pylist()
+        if join is not None and join.on is None:
+            join.choose_key([str(r.get(opts.id_column)) for r in rows[:200]])
+        ids, keep_vals = [], {c: [] for c in opts.keep}
+        vals = [[] for _ in range(n_labels)]
+        wts = [[] for _ in range(n_labels)]
+        for r in rows:
+            rid = r.get(opts.id_column)
+            rid = None if rid is None else (str(int(rid)) if isinstance(rid, float) and rid.is_integer() else str(rid))
+            if join is not None:
+                extra = join.lookup(rid) if rid is not None else None
+                if extra is None:
+                    unjoined += 1
+                    if len(unjoined_examples) < 5:
+                        unjoined_examples.append(rid)
+                else:
+                    joined += 1
+                    for k, v in extra.items():
+                        if r.get(k) is None:
+                            r[k] = v
+            f = labeler.findings(r, cols)
+            status = labeler.status(f)
+            values = labeler.values(f, status)
+            split = r.get(opts.split_column) if opts.split_column else None
+            report.add(rid or "?", split, status, values, f, labeler.unmapped_items(f))
+            ids.append(rid)
+            for c in opts.keep:
+                keep_vals[c].append(r.get(c))
+            for i, (v, w) in enumerate(values):
+                vals[i].append(v)
+                wts[i].append(w)
+        arrays = [pa.array(ids, pa.string())]
+        for c in opts.keep:
+            arrays.append(_array(keep_vals[c], schema.field(c).type))
+        arrays += [pa.array(v, pa.int8()) for v in vals]
+        if opts.weights:
+            arrays += [pa.array(w, pa.float32()) for w in wts]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        if join is not None:
+            report.join = {
+                "file": join.path,
+                "on": join.on,
+                "headerless": join.headerless,
+                "joined": joined,
+                "not_joined": unjoined,
+                "not_joined_examples": unjoined_examples,
+                "join_rows_unused": len(join.rows) - len(join.used),
+            }
+
+
+def _array(values: list, type_: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
