@@ -90,6 +90,15 @@ class PreprocessConfig:
             if value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
 
+        try:
+            for name in ("fs", "notch", "length_s", "segment_s"):
+                v = getattr(self, name)
+                if v is not None:
+                    setattr(self, name, float(v))
+            if self.bandpass is not None:
+                self.bandpass = (float(self.bandpass[0]), float(self.bandpass[1]))
+        except (TypeError, ValueError, IndexError) as exc:
+            raise UsageError(f"a numeric preprocess setting is not a number ({exc})")
         one_of("--missing", self.missing, MISSING)
         one_of("--resample-method", self.resample_method, R.METHODS)
         one_of("--baseline", self.baseline, BASELINES)
