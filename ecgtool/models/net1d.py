@@ -236,23 +236,40 @@ class Net1D(nn.Module):
             out = stage(out)
         return out.transpose(1, 2)
 
+    def frame_padding_mask(self, padding_mask: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
+        """A (B, T') frame mask from a sample-level (B, T) or frame-level mask (True = padding).
+
+        Padding is taken to sit at the end of each row: a frame counts as real when
+        it starts inside the real samples.
+        """
+        if padding_mask is None:
+            return None
+        pm = padding_mask.bool()
+        if pm.shape[-1] == n_frames:
+            return pm
+        valid = (~pm).sum(-1).to(torch.float64)
+        n_valid = torch.ceil(valid * n_frames / pm.shape[-1])
+        return torch.arange(n_frames, device=pm.device)[None, :] >= n_valid[:, None]
+
     def pool(self, feats: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean over time; ``padding_mask`` (B, T') True where padded excludes those frames."""
-        if padding_mask is None or padding_mask.shape[-1] != feats.shape[1]:
+        """Mean over time; frames marked in ``padding_mask`` (sample- or frame-level) are left out."""
+        pm = self.frame_padding_mask(padding_mask, feats.shape[1])
+        if pm is None:
             return feats.mean(1)
-        keep = (~padding_mask.bool()).to(feats.dtype).unsqueeze(-1)
+        keep = (~pm).to(feats.dtype).unsqueeze(-1)
         return (feats * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x))
+    def embed(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled embedding (B, D): the mean of the last stage output over time (the released head's input)."""
+        return self.pool(self.features(x), padding_mask)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.dense is None:
             raise ValueError("this Net1D has no classification head (n_classes is None)")
-        return self.dense(self.embed(x))
+        return self.dense(self.embed(x, padding_mask))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x) if self.dense is not None else self.embed(x)
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(x, padding_mask) if self.dense is not None else self.embed(x, padding_mask)
 
 
 def model_from_config(config: dict[str, Any], contract: InputContract | dict | None = None,
