@@ -210,3 +210,19 @@ def test_bn_keys_are_the_only_ones_ignored(fx, tmp_path):
 
     with pytest.raises(CheckpointError, match="bn4.weight"):
         import_ecgfounder(_mutated(fx, tmp_path, odd_bn))
+
+
+def test_pool_with_padding_mask(fx):
+    model = load_model(fx / "12_lead_reduced.pth")
+    x = torch.from_numpy(np.load(fx / "io.npz")["x"][:2])
+    with torch.no_grad():
+        feats = model.features(x)  # (2, 157, 48)
+    assert feats.shape == (2, 157, 48)
+    mask = torch.zeros(2, 5000, dtype=torch.bool)
+    mask[1, 2500:] = True  # second record: last 5 s are padding
+    pooled = model.pool(feats, mask)
+    assert torch.allclose(pooled[0], feats[0].mean(0))
+    # 2500 of 5000 samples -> the first ceil(157 / 2) = 79 frames are real
+    assert torch.allclose(pooled[1], feats[1, :79].mean(0))
+    frame_mask = torch.arange(157)[None, :].repeat(2, 1) >= torch.tensor([[157], [79]])
+    assert torch.equal(model.pool(feats, frame_mask), pooled)
