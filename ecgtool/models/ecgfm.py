@@ -266,7 +266,14 @@ class ConvPositional(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/out projections (scaling head_dim^-0.5)."""
+    """Multi-head self-attention with separate q/k/v/out projections (scaling head_dim^-0.5).
+
+    Without ``need_weights`` it runs ``F.scaled_dot_product_attention``; with it, an
+    explicit softmax that also returns the head-averaged weights. ``use_sdpa = False``
+    (class or instance attribute) forces the explicit path everywhere (debugging, benchmarks).
+    """
+
+    use_sdpa = True
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -293,12 +300,12 @@ class SelfAttention(nn.Module):
         v = self.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         p = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:
+        if need_weights or not self.use_sdpa:
             scores = torch.matmul(q * self.scaling, k.transpose(-1, -2))
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
             probs = torch.softmax(scores.float(), dim=-1).type_as(scores)
-            weights = probs.mean(dim=1)
+            weights = probs.mean(dim=1) if need_weights else None
             out = torch.matmul(F.dropout(probs, p=p, training=self.training), v)
         else:
             mask = None

@@ -97,17 +97,21 @@ def read_fairseq_checkpoint(src: str | os.PathLike | BinaryIO) -> dict:
     outside tensors, containers and plain numpy arrays.
     """
     f, name = _open_source(src)
+    mmap = False
     if isinstance(f, Path):
         with open(f, "rb") as fh:
             head = fh.read(4)
         if len(head) < 4:
             raise CheckpointError(f"{name}: file is empty or truncated, not a torch checkpoint")
-        if head[:2] == b"PK" and not zipfile.is_zipfile(f):
-            raise CheckpointError(f"{name}: truncated or corrupt torch checkpoint (broken zip archive)",
-                                  "download the file again")
+        if head[:2] == b"PK":
+            if not zipfile.is_zipfile(f):
+                raise CheckpointError(f"{name}: truncated or corrupt torch checkpoint (broken zip archive)",
+                                      "download the file again")
+            # memory-map: the optimizer state of a released file (~1 GB) is never read into memory
+            mmap = True
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            obj = torch.load(f, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
         lines = [ln.strip() for ln in msg.splitlines() if "global" in ln.lower() and "safe_globals" not in ln
@@ -301,7 +305,7 @@ def convert_state_dict(sd: dict, config: dict[str, Any], layout: str, name: str 
                               f"({config.get('encoder_layers')} layers, dim {config.get('encoder_embed_dim')}, "
                               f"{layout}): " + "; ".join(parts),
                               "the file is damaged or not an ECG-FM checkpoint of this architecture")
-    return {_from_fairseq_key(k, layout): sd[k].float() for k in want}
+    return {_from_fairseq_key(k, layout): sd[k].to(torch.float32) for k in want}
 
 
 def load_fairseq_checkpoint(src: str | os.PathLike | BinaryIO | dict, label_names=None) -> EcgFm:
