@@ -253,7 +253,7 @@ def _fast_signal(hdr: Header, folder: Path, record: str) -> np.ndarray | None:
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
-        raise RecordError(record, f"signal file {first.file_name} is missing",
+        raise RecordError(record, f"file {first.file_name} is missing",
                           "the header names it; put it beside the .hea") from None
     avail = max(size - first.byte_offset, 0) // (2 * n)
     length = hdr.sig_len if hdr.sig_len is not None else avail
@@ -262,9 +262,9 @@ def _fast_signal(hdr: Header, folder: Path, record: str) -> np.ndarray | None:
                           f"{length} (truncated file or wrong header)")
     d = np.fromfile(path, dtype=_FAST[first.fmt], count=length * n, offset=first.byte_offset)
     d = d.reshape(length, n).T
+    p = np.array(d, dtype=np.float64, order="C")
     baseline = np.array([s.baseline for s in sigs], dtype=np.float64)[:, None]
     gain = np.array([s.gain for s in sigs], dtype=np.float64)[:, None]
-    p = d.astype(np.float64)
     np.subtract(p, baseline, out=p)
     np.divide(p, gain, out=p)
     nan = d == -32768

@@ -1,0 +1,79 @@
+"""ecgtool convert: raw ECG files -> one record table."""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import BatchSize, OnError, Output, OutputFormat, Workers
+
+log = logging.getLogger("ecgtool")
+
+
+@app.command("convert")
+def convert(
+    inputs: Annotated[
+        List[str],
+        typer.Argument(help="Files, folders (scanned recursively), glob patterns, PhysioNet RECORDS files, "
+                       "or '-' to read one path per line from stdin."),
+    ],
+    output: Output = "-",
+    output_format: OutputFormat = None,
+    workers: Workers = 1,
+    batch_size: BatchSize = 64,
+    on_error: OnError = None,
+    join: Annotated[
+        Optional[List[str]],
+        typer.Option("--join", help="CSV of per-record columns to add (repeatable), e.g. ptbxl_database.csv "
+                     "or CinC 2017's REFERENCE.csv; rows match records by name or trailing path."),
+    ] = None,
+    join_key: Annotated[
+        Optional[List[str]],
+        typer.Option("--join-key", help="CSV column(s) holding the record key (default: filename_hr/filename_lr "
+                     "when present, else the first column)."),
+    ] = None,
+    fs: Annotated[Optional[float], typer.Option("--fs", help="Sampling rate in Hz of .csv/.npy inputs.")] = None,
+    leads: Annotated[
+        Optional[str], typer.Option("--leads", help="Lead names of .csv/.npy inputs, e.g. I,II,V1.")
+    ] = None,
+) -> None:
+    """Convert raw ECG files (WFDB, PhysioNet .mat, HL7 aECG, DICOM, CSV/NPY) into one record table.
+
+    Signals become float32 mV equal to wfdb.rdrecord(...).p_signal; lead names
+    are normalised (AVR -> aVR, MLII -> II); header metadata (age, sex, SNOMED
+    Dx codes, LUDB diagnoses, base date/time) becomes columns. A record that
+    cannot be read gets a one-line error and the others go on (exit 3, or 0
+    with --on-error skip). Record ids are file names, or relative paths when
+    names collide.
+
+    \b
+    Examples:
+      ecgtool convert ptbxl/records500 --join ptbxl/ptbxl_database.csv -o ptbxl.parquet
+      ecgtool convert cinc2017/RECORDS --join cinc2017/REFERENCE.csv -j 4 -o cinc2017.parquet
+      ecgtool convert 'ludb/data/*.hea' -o - | ecgtool info -
+      find data -name '*.xml' | ecgtool convert - -o aecg.parquet
+      ecgtool convert ecg.npy --fs 500 --leads I,II,III -o ecg.parquet
+    """
+    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.convert import convert as run_convert
+    from ecgtool.signal.leads import parse_lead_list
+
+    errors = record_errors(on_error)
+    lead_names = parse_lead_list(leads) if leads else None
+
+    def wrap(chunks, total):
+        return progress(chunks, total=None, desc="convert", unit="rec",
+                        count=lambda res: sum(b.num_rows for b in res.batches) + len(res.errors))
+
+    res = run_convert(inputs, output, fmt=output_format, workers=workers, batch_size=batch_size,
+                      errors=errors, join=join or (), join_key=join_key, fs=fs, leads=lead_names, wrap=wrap)
+    if res.ignored:
+        log.info("ignored %d files in the folders that are not records (signal, annotation, label files)",
+                 res.ignored)
+    for name, n in res.joined.items():
+        log.info("joined %s to %d of %d records", name, n, res.rows)
+    finish(errors, f"converted {res.rows} of {res.records} records")

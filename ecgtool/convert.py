@@ -1,0 +1,570 @@
+"""``ecgtool convert``: raw ECG files -> one record table.
+
+The steps, each usable on its own:
+
+* :func:`discover` turns the inputs (files, folders scanned recursively, glob
+  patterns, PhysioNet ``RECORDS`` files, paths read from stdin) into an
+  ordered list of :class:`Item` (path, unique record id). Segment and layout
+  headers that a multi-segment master header refers to are not records of
+  their own; annotation and signal files found in folders are skipped.
+* :func:`read_batches` reads the items in worker processes, in chunks of
+  ``batch_size``, and yields Arrow record batches in input order (the output
+  is the same whatever the number of workers) together with per-record
+  errors and warnings.
+* :class:`JoinTable` adds per-record columns from a CSV (``--join``).
+* :func:`convert` ties them together and writes a table with
+  :class:`ecgtool.io.TableWriter`.
+
+Record ids are the record names (file names without extension). When two
+inputs share a name, each of them gets its path relative to the inputs'
+common folder instead (``records100/00000/00001_lr``), so ids stay unique.
+
+Join rule (``--join CSV``): a CSV row belongs to a record when its key equals
+the record id, the record name, or a trailing part of the record's source
+path without extension, at a ``/`` boundary (``records500/00000/00001_hr``
+matches ``.../ptbxl-500/records500/00000/00001_hr.hea``). Key columns: the
+``--join-key`` column(s) when given; else ``filename_hr`` and ``filename_lr``
+when the CSV has them (PTB-XL); else the first column. A CSV whose first row
+already matches a record has no header row (CinC 2017's ``REFERENCE.csv``):
+its columns are then named ``record`` and ``label`` (two columns) or
+``record``, ``col1``, ``col2``... A joined column whose name the table
+already has (``age``, ``sex``) fills the record's own value only where that
+is empty, cast to the table's type.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ecgtool.errors import EcgtoolError, InputError, RecordError, RecordErrors, UsageError
+from ecgtool.formats import ANNOTATION_EXTENSIONS, ARRAY_EXTENSIONS, RECORD_EXTENSIONS
+from ecgtool.io import schema as S
+
+log = logging.getLogger("ecgtool")
+
+# Values per signal column chunk before a batch is split (Arrow's 32-bit list offsets).
+_MAX_VALUES = 1 << 28
+_GLOB_CHARS = set("*?[")
+# Signal files of records (read through their headers; not counted as ignored).
+_SIGNAL_EXTENSIONS = {".dat", ".mat", ".d0", ".d1", ".d2", ".d3", ".d4", ".d5", ".d6", ".d7", ".d8", ".d9"}
+
+METADATA_FIELDS = [
+    pa.field("source", pa.string()),
+    pa.field("units", pa.list_(pa.string())),
+    pa.field("age", pa.float64()),
+    pa.field("sex", pa.string()),
+    pa.field("dx", pa.list_(pa.string())),
+    pa.field("diagnosis", pa.string()),
+    pa.field("base_datetime", pa.timestamp("us")),
+]
+
+
+def base_schema() -> pa.Schema:
+    """Columns every converted table has (metadata columns are null where a source lacks them)."""
+    return pa.schema(
+        [
+            pa.field(S.RECORD_ID, pa.string()),
+            pa.field(S.FS, pa.float64()),
+            pa.field(S.LEADS, pa.list_(pa.string())),
+            pa.field(S.SIGNAL, S.signal_type()),
+            *METADATA_FIELDS,
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    record_id: str
+
+
+@dataclass
+class Discovery:
+    items: list[Item]
+    ignored: int = 0  # files in scanned folders that are not records (signal, annotation, label files)
+    segments: int = 0  # segment/layout headers folded into multi-segment records
+
+
+def _is_record_file(p: Path) -> bool:
+    return p.suffix.lower() in RECORD_EXTENSIONS
+
+
+def _scan(folder: Path, out: list[Path], counts: dict) -> None:
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if _is_record_file(p):
+                out.append(p)
+            elif p.suffix.lower() not in _SIGNAL_EXTENSIONS:
+                counts["ignored"] += 1
+
+
+def _records_file(path: Path, out: list[Path], counts: dict) -> None:
+    base = path.parent
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for line in lines:
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        p = base / name
+        if p.is_dir():
+            _scan(p, out, counts)
+        elif p.suffix.lower() in RECORD_EXTENSIONS and p.exists():
+            out.append(p)
+        else:
+            out.append(Path(str(p) + ".hea"))  # a missing header becomes a per-record error
+
+
+def _one(arg: str, out: list[Path], counts: dict) -> None:
+    p = Path(arg)
+    if p.is_dir():
+        _scan(p, out, counts)
+    elif p.is_file():
+        if p.name == "RECORDS":
+            _records_file(p, out, counts)
+        else:
+            out.append(p)
+    elif Path(arg + ".hea").is_file():
+        out.append(Path(arg + ".hea"))
+    elif _GLOB_CHARS & set(arg):
+        matches = sorted(glob.glob(arg, recursive=True))
+        if not matches:
+            raise InputError(f"{arg}: the pattern matches no file")
+        for m in matches:
+            mp = Path(m)
+            if mp.is_dir():
+                _scan(mp, out, counts)
+            elif _is_record_file(mp) or mp.suffix.lower() in ARRAY_EXTENSIONS or mp.name == "RECORDS":
+                _one(m, out, counts)
+            else:
+                counts["ignored"] += 1
+    else:
+        raise InputError(f"{arg}: no such file or folder")
+
+
+def discover(inputs: Sequence[str], stdin: Iterable[str] | None = None) -> Discovery:
+    """Inputs -> ordered, de-duplicated records with unique ids."""
+    if not inputs:
+        raise UsageError("no input given", "give files, folders, glob patterns, a RECORDS file, or '-' for stdin")
+    counts = {"ignored": 0}
+    paths: list[Path] = []
+    for arg in inputs:
+        if arg == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            for line in lines:
+                line = line.strip()
+                if line and line != "-":
+                    _one(line, paths, counts)
+        else:
+            _one(arg, paths, counts)
+    # multi-segment records: their segment and layout headers are not records of their own
+    parts: set[str] = set()
+    from ecgtool.formats.wfdb import multi_segment_parts
+
+    for p in paths:
+        if p.suffix.lower() == ".hea":
+            parts.update(os.path.abspath(x) for x in multi_segment_parts(p))
+    seen: set[str] = set()
+    unique: list[Path] = []
+    folded = 0
+    for p in paths:
+        key = os.path.abspath(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key in parts:
+            folded += 1
+            continue
+        unique.append(p)
+    return Discovery(items=_assign_ids(unique), ignored=counts["ignored"], segments=folded)
+
+
+def _assign_ids(paths: list[Path]) -> list[Item]:
+    names = [p.stem if p.suffix else p.name for p in paths]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    clashing = [p for p, n in zip(paths, names) if counts[n] > 1]
+    root = None
+    if clashing:
+        try:
+            root = os.path.commonpath([os.path.abspath(p.parent) for p in clashing])
+        except ValueError:
+            root = None
+    ids: list[str] = []
+    used: set[str] = set()
+    for p, n in zip(paths, names):
+        rid = n
+        if counts[n] > 1:
+            full = os.path.abspath(p.with_suffix("") if p.suffix else p)
+            rid = os.path.relpath(full, root).replace(os.sep, "/") if root else full
+        base, k = rid, 2
+        while rid in used:
+            rid = f"{base}#{k}"
+            k += 1
+        used.add(rid)
+        ids.append(rid)
+    return [Item(str(p), rid) for p, rid in zip(paths, ids)]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ChunkResult:
+    batches: list[pa.RecordBatch]
+    errors: list[tuple[str, str, str | None]]  # (record id, cause, hint)
+    warnings: list[str]
+    unknown_leads: dict[str, list]  # lead name -> [first record id carrying it, number of records]
+    fatal: tuple[str, str, str | None, int] | None = None  # (class name, message, hint, exit code)
+
+
+def _signal_array(sigs: list[Any]) -> pa.Array:
+    """list<list<float32>> from (L, T) arrays or lists of 1-D arrays (ragged leads)."""
+    outer = np.zeros(len(sigs) + 1, dtype=np.int32)
+    lengths: list[np.ndarray] = []
+    flats: list[np.ndarray] = []
+    for i, s in enumerate(sigs):
+        if isinstance(s, np.ndarray):
+            outer[i + 1] = outer[i] + s.shape[0]
+            lengths.append(np.full(s.shape[0], s.shape[1], dtype=np.int64))
+            flats.append(s.reshape(-1))
+        else:
+            outer[i + 1] = outer[i] + len(s)
+            lengths.append(np.array([len(x) for x in s], dtype=np.int64))
+            flats.extend(np.asarray(x, dtype=np.float32) for x in s)
+    inner = np.zeros(int(outer[-1]) + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=inner[1:])
+    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.float32)
+    values = pa.array(flat.astype(np.float32, copy=False), type=pa.float32())
+    inner_arr = pa.ListArray.from_arrays(pa.array(inner.astype(np.int32)), values)
+    return pa.ListArray.from_arrays(pa.array(outer), inner_arr)
+
+
+def _build_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f in schema:
+        if f.name == S.SIGNAL:
+            arrays.append(_signal_array([r[S.SIGNAL] for r in rows]))
+        else:
+            arrays.append(pa.array([r.get(f.name) for r in rows], type=f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _size(sig: Any) -> int:
+    return int(sig.size) if isinstance(sig, np.ndarray) else int(sum(len(x) for x in sig))
+
+
+def read_chunk(items: Sequence[Item], options: dict | None = None) -> ChunkResult:
+    """Read a chunk of records into batches of the base schema (runs in a worker)."""
+    from ecgtool.formats import read_file
+    from ecgtool.signal.leads import KNOWN, normalize_lead
+
+    options = options or {}
+    schema = base_schema()
+    rows: list[dict] = []
+    res = ChunkResult([], [], [], {})
+    values = 0
+    for item in items:
+        try:
+            recs = read_file(item.path, **options)
+        except RecordError as exc:
+            res.errors.append((item.record_id, exc.cause, exc.hint))
+            continue
+        except EcgtoolError as exc:  # not about one record (e.g. a missing option): stops the run
+            res.fatal = (type(exc).__name__, exc.message, exc.hint, exc.exit_code)
+            break
+        except MemoryError:
+            res.errors.append((item.record_id, "out of memory while reading it", None))
+            continue
+        except Exception as exc:  # a reader library failing on a malformed file
+            res.errors.append((item.record_id, f"{type(exc).__name__}: {exc}", None))
+            continue
+        for k, rec in enumerate(recs):
+            rid = item.record_id if len(recs) == 1 else f"{item.record_id}#{k}"
+            leads = [normalize_lead(name) for name in rec.leads]
+            for canon in dict.fromkeys(x for x in leads if x not in KNOWN):
+                res.unknown_leads.setdefault(canon, [rid, 0])[1] += 1
+            res.warnings.extend(rec.warnings)
+            row = {
+                S.RECORD_ID: rid,
+                S.FS: float(rec.fs),
+                S.LEADS: leads,
+                S.SIGNAL: rec.signal,
+                "source": rec.source,
+                "units": rec.units,
+            }
+            row.update(rec.meta)
+            n = _size(rec.signal)
+            if rows and values + n > _MAX_VALUES:
+                res.batches.append(_build_batch(rows, schema))
+                rows, values = [], 0
+            rows.append(row)
+            values += n
+    if rows:
+        res.batches.append(_build_batch(rows, schema))
+    return res
+
+
+def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def read_batches(
+    items: Sequence[Item], workers: int = 1, batch_size: int = 64, options: dict | None = None
+) -> Iterator[ChunkResult]:
+    """Read records in input order; ``workers`` > 1 reads chunks in that many processes.
+
+    At most ``2 * workers`` chunks are in flight, so memory stays bounded.
+    """
+    chunks = _chunks(items, batch_size)
+    if workers <= 1:
+        for chunk in chunks:
+            yield read_chunk(chunk, options)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending = []
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(read_chunk, chunk, options))
+                if len(pending) >= 2 * workers:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+# --------------------------------------------------------------------------- joins
+
+
+def _path_keys(source: str | None) -> list[str]:
+    if not source:
+        return []
+    p = source.replace("\\", "/")
+    stem = p.rsplit(".", 1)[0] if "." in p.rsplit("/", 1)[-1] else p
+    parts = [x for x in stem.split("/") if x]
+    return ["/".join(parts[i:]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def _norm_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if value.is_integer():
+            value = int(value)
+    s = str(value).strip().replace("\\", "/").strip("/")
+    low = s.lower()
+    for ext in (".hea", ".dat", ".mat", ".xml", ".dcm"):
+        if low.endswith(ext):
+            s = s[: -len(ext)]
+            break
+    return s or None
+
+
+class JoinTable:
+    """Per-record columns from a CSV, matched by the rule in this module's docstring."""
+
+    def __init__(self, path: str, key: Sequence[str] | None = None, items: Sequence[Item] = ()):
+        import pandas as pd
+
+        self.path = path
+        self.name = Path(path).name
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--join {path}: cannot read the CSV ({exc})") from None
+        if df.shape[1] == 0:
+            raise InputError(f"--join {path}: the CSV has no columns")
+        known = set()
+        for it in items:
+            known.add(it.record_id)
+            known.update(_path_keys(it.path)[:1])
+        if not key and _norm_key(df.columns[0]) in known:
+            df = pd.read_csv(path, header=None)
+            names = ["record", "label"] if df.shape[1] == 2 else ["record"] + [f"col{i}" for i in range(1, df.shape[1])]
+            df.columns = names
+        if key:
+            missing = [k for k in key if k not in df.columns]
+            if missing:
+                raise UsageError(f"--join-key {', '.join(missing)}: not a column of {path}",
+                                 f"columns: {', '.join(map(str, df.columns[:20]))}")
+            self.keys = list(key)
+        elif "filename_hr" in df.columns or "filename_lr" in df.columns:
+            self.keys = [k for k in ("filename_hr", "filename_lr") if k in df.columns]
+        else:
+            self.keys = [str(df.columns[0])]
+        df.columns = [str(c) for c in df.columns]
+        self.table = self._to_arrow(df)
+        self.index: dict[str, int] = {}
+        for k in self.keys:
+            for i, v in enumerate(df[k].tolist()):
+                nk = _norm_key(v)
+                if nk is not None:
+                    self.index.setdefault(nk, i)
+        self.matched = 0
+
+    @staticmethod
+    def _to_arrow(df) -> pa.Table:
+        cols = {}
+        for name in df.columns:
+            s = df[name]
+            try:
+                arr = pa.array(s, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                arr = pa.array([None if v is None or v != v else str(v) for v in s.astype(object)], type=pa.string())
+            if pa.types.is_floating(arr.type):
+                vals = arr.to_numpy(zero_copy_only=False)
+                ok = vals[~np.isnan(vals)]
+                if ok.size and np.all(ok == np.round(ok)) and np.all(np.abs(ok) < 2**53):
+                    arr = arr.cast(pa.int64())
+            if pa.types.is_large_string(arr.type):
+                arr = arr.cast(pa.string())
+            if name == S.PATIENT_ID and not pa.types.is_string(arr.type):
+                arr = arr.cast(pa.string())
+            cols[name] = arr
+        return pa.table(cols)
+
+    @property
+    def fields(self) -> list[pa.Field]:
+        return list(self.table.schema)
+
+    def lookup(self, record_id: str, source: str | None) -> int | None:
+        for k in [record_id, *_path_keys(source)]:
+            i = self.index.get(k)
+            if i is not None:
+                return i
+        return None
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()
+        src = batch.column(batch.schema.get_field_index("source")).to_pylist()
+        idx = [self.lookup(r, s) for r, s in zip(ids, src)]
+        self.matched += sum(i is not None for i in idx)
+        taken = self.table.take(pa.array(idx, type=pa.int64()))
+        for f in self.table.schema:
+            col = taken.column(f.name).combine_chunks()
+            if f.name in batch.schema.names:
+                import pyarrow.compute as pc
+
+                own = batch.column(batch.schema.get_field_index(f.name))
+                try:
+                    col = col.cast(own.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    continue
+                col = pc.coalesce(own, col)
+            batch = S.replace_column(batch, f.name, col)
+        return batch
+
+
+def output_schema(joins: Sequence[JoinTable]) -> pa.Schema:
+    schema = base_schema()
+    for j in joins:
+        for f in j.fields:
+            if f.name not in schema.names:
+                schema = schema.append(f)
+    return schema
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class ConvertResult:
+    rows: int = 0
+    records: int = 0
+    skipped: int = 0
+    ignored: int = 0
+    joined: dict[str, int] = field(default_factory=dict)
+    unknown_leads: dict[str, int] = field(default_factory=dict)  # name -> number of records
+
+
+def convert(
+    inputs: Sequence[str],
+    dest: str,
+    fmt: str | None = None,
+    workers: int = 1,
+    batch_size: int = 64,
+    errors: RecordErrors | None = None,
+    join: Sequence[str] = (),
+    join_key: Sequence[str] | None = None,
+    fs: float | None = None,
+    leads: Sequence[str] | None = None,
+    argv: Sequence[str] | None = None,
+    stdin: Iterable[str] | None = None,
+    compression: str = "zstd",
+    wrap=None,
+) -> ConvertResult:
+    """Convert raw ECG files into one record table at ``dest`` ('-' for stdout).
+
+    ``wrap(iterable, total)`` may wrap the per-chunk iterator (a progress bar).
+    """
+    from ecgtool.io import TableWriter
+
+    errors = errors if errors is not None else RecordErrors("fail")
+    found = discover(inputs, stdin)
+    if not found.items:
+        raise InputError("no ECG records found in the inputs",
+                         "convert reads WFDB .hea, HL7 aECG .xml, DICOM .dcm; give .csv/.npy files by name")
+    joins = [JoinTable(p, join_key, found.items) for p in join]
+    schema = output_schema(joins)
+    meta = S.TableMeta(kind="records").add_step(argv)
+    options = {"fs": fs, "leads": list(leads) if leads else None}
+    result = ConvertResult(ignored=found.ignored)
+    unknown: dict[str, list] = {}  # lead name -> [first record, count]
+    chunks = read_batches(found.items, workers=workers, batch_size=batch_size, options=options)
+    if wrap is not None:
+        chunks = wrap(chunks, (len(found.items) + batch_size - 1) // batch_size)
+    with TableWriter(dest, schema, meta, fmt=fmt, compression=compression) as writer:
+        for res in chunks:
+            for rid, cause, hint in res.errors:
+                errors(RecordError(rid, cause, hint))
+            if res.fatal:
+                cls, msg, hint, code = res.fatal
+                err = UsageError(msg, hint) if code == 2 else EcgtoolError(msg, hint)
+                raise err
+            for w in res.warnings:
+                log.warning(w)
+            for name, (rid, n) in res.unknown_leads.items():
+                unknown.setdefault(name, [rid, 0])[1] += n
+            for batch in res.batches:
+                for j in joins:
+                    batch = j.apply(batch)
+                writer.write(batch)
+                result.rows += batch.num_rows
+    if unknown:
+        shown = [f"{name!r} (record {rid}{f' and {n - 1} more' if n > 1 else ''})"
+                 for name, (rid, n) in list(unknown.items())[:8]]
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        log.warning("unknown lead names kept as they are: %s%s", ", ".join(shown), more)
+    result.unknown_leads = {name: n for name, (rid, n) in unknown.items()}
+    result.records = len(found.items)
+    result.skipped = errors.count
+    for j in joins:
+        result.joined[j.name] = j.matched
+    return result
