@@ -9,6 +9,7 @@ from ecgtool.cli.app import app
 # Order here is the order in --help.
 COMMANDS = [
     "info",
+    "convert",
     "models",
     "preprocess",
 ]
