@@ -12,6 +12,7 @@ COMMANDS = [
     "convert",
     "models",
     "preprocess",
+    "label",
 ]
 
 for _name in COMMANDS:

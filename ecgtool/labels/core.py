@@ -12,7 +12,8 @@ Per record:
    (weight: the highest of those tokens), 0 otherwise, and missing (null) for
    a record about which the sources say nothing recognisable, or nothing in
    the vocabulary's scope (e.g. a PTB-XL record without diagnostic statements
-   for the superclass task).
+   for the superclass task); a label that nothing maps to is missing for
+   every record.
 
 Codes that are not in the code tables are listed and counted; known codes and
 concepts that reach no label of the vocabulary are listed as unmapped.
@@ -111,6 +112,7 @@ class Findings:
     unknown: list[tuple[str, str]] = field(default_factory=list)  # (source, code)
     unrecognised_text: str | None = None
     has_input: bool = False
+    dropped: int = 0  # known statements left out (below --min-likelihood)
 
     def add(self, item: str, tokens: Iterable[str], weight: float = 1.0) -> None:
         toks = set(tokens)
@@ -203,6 +205,7 @@ class RecordLabeler:
                     continue
                 # likelihood 0 means "not given" in PTB-XL: kept, with full weight
                 if 0.0 < lik < self.min_likelihood:
+                    f.dropped += 1
                     continue
                 weight = lik / 100.0 if 0.0 < lik < 100.0 else 1.0
                 f.add("scp:" + code, toks, weight)
@@ -245,11 +248,12 @@ class RecordLabeler:
         return f
 
     def status(self, f: Findings) -> str:
-        """labelled, empty (no source value), unrecognised (nothing known), out_of_scope."""
+        """labelled, empty (no source value), unrecognised (nothing known), out_of_scope
+        (nothing in the vocabulary's scope, or every statement below --min-likelihood)."""
         if not f.has_input:
             return "empty"
         if not f.positive and not f.negative:
-            return "unrecognised"
+            return "out_of_scope" if f.dropped else "unrecognised"
         if self.vocab.scope and not any(t.startswith(tuple(self.vocab.scope)) for t in f.positive):
             return "out_of_scope"
         return "labelled"
@@ -260,6 +264,9 @@ class RecordLabeler:
             return [(None, None)] * len(self.vocab.labels)
         pos = f.positive
         for lab in self.vocab.labels:
+            if not lab.mapped:  # nothing can assert it: unknown, not negative
+                out.append((None, None))
+                continue
             w = None
             if lab.match:
                 ws = [pos[t] for t in lab.match if t in pos]
