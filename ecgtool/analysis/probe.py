@@ -472,8 +472,28 @@ def fit_logistic(
             return loss, np.concatenate([gW.ravel(), R.sum(axis=0)])
 
     theta0 = np.zeros(D * L + L) if init is None else np.concatenate([init[0].ravel(), init[1]])
-    res = minimize(fun, theta0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12, "maxcor": 20})
+    # SciPy's L-BFGS-B calls BLAS on vectors of a few thousand numbers per
+    # iteration; with a multi-threaded BLAS on a busy machine those tiny calls
+    # cost milliseconds each (thread wake-ups). Run the optimiser single-threaded
+    # and give the large products in ``fun`` the threads back.
+    fun_mt = fun
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        n_threads = max([i.get("num_threads", 1) for i in ctl.info() if i.get("user_api") == "blas"] or [1])
+        if n_threads > 1 and Xs.shape[0] * D >= 1_000_000:
+            def fun_mt(theta):
+                with ctl.limit(limits=n_threads, user_api="blas"):
+                    return fun(theta)
+        limit = ctl.limit(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+
+        limit = contextlib.nullcontext()
+    with limit:
+        res = minimize(fun_mt, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12, "maxcor": 20})
     W = res.x[: D * L].reshape(D, L)
     b = res.x[D * L:].copy()
     return W, b

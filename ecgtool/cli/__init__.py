@@ -13,6 +13,7 @@ COMMANDS = [
     "models",
     "preprocess",
     "label",
+    "probe",
 ]
 
 for _name in COMMANDS:

@@ -1,0 +1,243 @@
+"""ecgtool probe: a linear probe on embeddings, with CIs, calibration, subgroups and figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import Input, Json
+
+log = logging.getLogger("ecgtool")
+
+
+@app.command("probe")
+def probe(
+    src: Input = "-",
+    labels: Annotated[Optional[str], typer.Option(
+        "-l", "--labels", help="Label table (record_id + one 1/0/empty column per label), joined by record_id.")] = None,
+    label_cols: Annotated[Optional[str], typer.Option(
+        "--label-cols", help="Comma-separated label columns (default: the label table's label_names).")] = None,
+    multiclass: Annotated[bool, typer.Option(
+        "--multiclass", help="Labels are exclusive: one softmax probe (one column of class names, "
+                             "or one-hot columns).")] = False,
+    fold_col: Annotated[Optional[str], typer.Option(
+        "--fold-col", help="Column with a fold per record (e.g. strat_fold).")] = None,
+    test_fold: Annotated[str, typer.Option("--test-fold", help="Fold reported on.")] = "10",
+    val_fold: Annotated[str, typer.Option(
+        "--val-fold", help="Fold used to choose C, the threshold and the temperature.")] = "9",
+    group_col: Annotated[Optional[str], typer.Option(
+        "--group-col", help="Group column for cross-validation (a patient never spans two folds).")] = None,
+    cv: Annotated[Optional[int], typer.Option("--cv", min=3, help="Number of grouped cross-validation folds.")] = None,
+    c_value: Annotated[Optional[float], typer.Option(
+        "--C", min=0.0, help="Inverse L2 strength (default: chosen per label on validation from "
+                             "0.001, 0.01, 0.1, 1).")] = None,
+    threshold: Annotated[str, typer.Option(
+        "--threshold", help="Threshold rule on validation: f1 (max F1) or youden (max sens+spec-1).")] = "f1",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for bootstrap, folds and scaling subsets.")] = 0,
+    subgroup: Annotated[Optional[List[str]], typer.Option(
+        "--subgroup", help="Metadata column for a subgroup table; COL:bands for age bands "
+                           "(<40, 40-60, 60-80, >=80) or COL:bands=30,50,70. Repeatable.")] = None,
+    scaling: Annotated[Optional[str], typer.Option(
+        "--scaling", help="Training-set sizes for the data-scaling curve, e.g. 50,100,200.")] = None,
+    scaling_seeds: Annotated[int, typer.Option("--scaling-seeds", min=1, help="Seeds per scaling size.")] = 3,
+    report: Annotated[Optional[str], typer.Option(
+        "--report", help="Write the JSON report here ('-' for stdout).")] = None,
+    figures: Annotated[Optional[str], typer.Option("--figures", help="Write PNG figures into this folder.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Evaluate embeddings with a linear probe: per-label and macro AUROC, AUPRC, F1,
+    sensitivity and specificity with bootstrap 95% CIs, calibration before/after
+    temperature scaling, subgroup tables and a data-scaling curve.
+
+    Segment embeddings are averaged per record first. C, the decision threshold and
+    the temperature are chosen on the validation split; the test split is only
+    reported on. A metric that cannot be computed (no positive or no negative record)
+    is null with a reason in the JSON and n/a in the table.
+
+    \b
+    Examples:
+      ecgtool probe emb.parquet --labels superclass.parquet --fold-col strat_fold --test-fold 10 --val-fold 9
+      ecgtool probe emb.parquet -l labels.parquet --group-col patient_id --cv 5 --report r.json --figures figs/
+      ecgtool probe emb.parquet -l cinc2017.parquet --label-cols label --multiclass --group-col record_id --cv 5
+      ecgtool probe emb.parquet -l lab.parquet --fold-col strat_fold --subgroup sex --subgroup age:bands \\
+          --scaling 50,100,200
+    """
+    from ecgtool.analysis import probe as pr
+    from ecgtool.errors import UsageError
+    from ecgtool.io import read_table
+
+    if fold_col and (group_col or cv):
+        raise UsageError("--fold-col and --group-col/--cv both given", "choose one way to split")
+    if not fold_col and not cv:
+        raise UsageError("no split given",
+                         "use --fold-col strat_fold --test-fold 10 --val-fold 9, or --group-col patient_id --cv 5")
+    sizes: list[int] = []
+    if scaling:
+        try:
+            sizes = [int(x) for x in scaling.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--scaling {scaling}: sizes must be whole numbers", "e.g. --scaling 50,100,200")
+    emb_tab, _ = read_table(src)
+    lab_tab, lab_meta = (read_table(labels) if labels else (None, None))
+    names = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
+    meta_names = (lab_meta.info.get("label_names") if lab_meta is not None else None)
+    data = pr.load_probe_data(emb_tab, lab_tab, names, meta_names, multiclass=multiclass,
+                              emb_name=src if src != "-" else "stdin", labels_name=labels or "labels")
+    del emb_tab, lab_tab
+    if fold_col:
+        if fold_col not in data.meta:
+            raise UsageError(f"--fold-col {fold_col}: no such column",
+                             f"metadata columns: {', '.join(sorted(data.meta)) or '(none)'}")
+        splits = pr.fold_splits(data.meta[fold_col], test_fold, val_fold, fold_col)
+    else:
+        if group_col is None:
+            group_col = "patient_id" if "patient_id" in data.meta else None
+            log.warning("--cv without --group-col: grouping by %s",
+                        "patient_id" if group_col else "record (each record its own group)")
+        if group_col is None:
+            groups = data.record_ids
+        elif group_col == "record_id":
+            groups = data.record_ids
+        elif group_col in data.meta:
+            groups = data.meta[group_col]
+        else:
+            raise UsageError(f"--group-col {group_col}: no such column",
+                             f"metadata columns: {', '.join(sorted(data.meta)) or '(none)'}")
+        splits = pr.group_cv_splits(groups, cv, seed)
+    opts = pr.ProbeOptions(C=c_value, threshold_rule=threshold, n_boot=n_boot, seed=seed,
+                           subgroups=subgroup or (), scaling=sizes, scaling_seeds=scaling_seeds)
+    rep, arrays = pr.run_probe(data, splits, opts)
+    rep["command"] = _command_line()
+    if figures:
+        from ecgtool.analysis.figures import write_figures
+
+        paths = write_figures(rep, arrays, figures)
+        rep["figures"] = [str(p) for p in paths]
+        log.info("wrote %d figures into %s", len(paths), figures)
+    text = json.dumps(_clean(rep), indent=2)
+    if report and report != "-":
+        _write_atomic(report, text + "\n")
+        log.info("wrote the report to %s", report)
+    if as_json or report == "-":
+        typer.echo(text)
+    else:
+        _print_table(rep)
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return shlex.join(["ecgtool"] + sys.argv[1:])
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _clean(obj.item())
+    return obj
+
+
+def _write_atomic(path: str, text: str) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from ecgtool.errors import UsageError
+
+    target = Path(path)
+    if not target.parent.exists():
+        raise UsageError(f"{path}: folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _cell(m: dict | None, ci: bool = True) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    if ci and m.get("ci"):
+        return f"{m['value']:.3f} ({m['ci'][0]:.3f}–{m['ci'][1]:.3f})"
+    return f"{m['value']:.3f}"
+
+
+def _print_table(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False, soft_wrap=True)
+    rec = rep["records"]
+    line = f"{rec['records']} records"
+    if "joined" in rec:
+        line += f", {rec['joined']} joined with labels"
+    if rec.get("rows_dropped_nonfinite"):
+        line += f", {rec['rows_dropped_nonfinite']} NaN/inf embedding rows dropped"
+    if "segments_pooled" in rec:
+        line += f", {rec['segments_pooled']['rows']} segments averaged per record"
+    splits = rep["protocol"]["splits"]
+    con.print(line + f"; embedding dim {rep['embedding_dim']}; " + "; ".join(
+        f"{s['name']}: train {s['train']} / val {s['val']} / test {s['test']}" for s in splits[:1])
+        + (f" (+{len(splits) - 1} more folds)" if len(splits) > 1 else ""))
+    b = rep["protocol"]["bootstrap"]
+    t = Table(title=f"Linear probe, test split ({int(b['level'] * 100)}% bootstrap CI, n={b['n']})",
+              box=None, pad_edge=False, header_style="bold")
+    for c in ("label", "n (pos)", "AUROC", "AUPRC", "F1", "sens", "spec", "ECE before→after"):
+        t.add_column(c, justify="left" if c == "label" else "right")
+    for name, e in rep["metrics"]["per_label"].items():
+        c = e.get("calibration") or {}
+        before = (c.get("before") or {}).get("ece")
+        after = (c.get("after") or {}).get("ece")
+        ece = "n/a" if before is None else f"{before:.3f}→" + ("n/a" if after is None else f"{after:.3f}")
+        t.add_row(name, f"{e['n_test']} ({e['n_pos']})", _cell(e["auroc"]), _cell(e["auprc"]),
+                  _cell(e["f1"]), _cell(e["sensitivity"], False), _cell(e["specificity"], False), ece)
+    m = rep["metrics"]["macro"]
+    t.add_row("[bold]macro[/bold]", "", _cell(m["auroc"]), _cell(m["auprc"]), _cell(m["f1"]),
+              _cell(m["sensitivity"], False), _cell(m["specificity"], False), "")
+    con.print(t)
+    if rep["task"] == "multiclass":
+        c = rep["calibration"]
+        acc = rep["metrics"].get("accuracy")
+        after = (c.get("after") or {}).get("ece")
+        con.print(f"accuracy {acc:.3f}; top-label ECE {c['before']['ece']:.3f} → "
+                  + ("n/a" if after is None else f"{after:.3f}") + " after temperature scaling")
+    for spec, sg in (rep.get("subgroups") or {}).items():
+        st = Table(title=f"Subgroups by {spec}", box=None, pad_edge=False, header_style="bold")
+        for c in ("group", "n", "macro AUROC", "macro AUPRC"):
+            st.add_column(c, justify="left" if c == "group" else "right")
+        for key, g in sg["groups"].items():
+            st.add_row(key, str(g["n"]), _cell(g["macro"]["auroc"]), _cell(g["macro"]["auprc"]))
+        con.print(st)
+    sc = rep.get("scaling")
+    if sc and sc["points"]:
+        st = Table(title=f"Data scaling ({sc['metric']}, {sc['seeds']} seeds)", box=None, pad_edge=False,
+                   header_style="bold")
+        st.add_column("train records", justify="right")
+        st.add_column("macro AUROC mean ± SD", justify="right")
+        for p in sc["points"]:
+            mean, sd = p["macro_auroc_mean"], p["macro_auroc_sd"]
+            st.add_row(str(p["n_train"]), "n/a" if mean is None else
+                       f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}"))
+        con.print(st)
+    na = [(n, k, e[k].get("reason")) for n, e in rep["metrics"]["per_label"].items()
+          for k in ("auroc", "f1") if e[k].get("value") is None]
+    for n, k, reason in na[:10]:
+        con.print(f"n/a: {n} {k}: {reason}")
