@@ -71,7 +71,8 @@ def run_label(
     try:
         names = inp.names
         all_names = list(names) + ([c for c in jt.columns if c not in names] if jt else [])
-        cols = columns if columns is not None and columns.columns() else SourceColumns.auto(all_names)
+        auto = not (columns is not None and columns.columns())
+        cols = SourceColumns.auto(all_names) if auto else columns
         if not cols.columns():
             raise UsageError(
                 f"{src}: no label source column found (columns: {', '.join(all_names[:20])})",
@@ -88,6 +89,17 @@ def run_label(
             raise UsageError(f"{src}: no column {id_column!r} (--id-column)")
         if split_column is not None and split_column not in all_names:
             raise UsageError(f"{src}: no split column {split_column!r}", f"columns: {', '.join(all_names[:30])}")
+        first = None
+        rest = iter(())
+        if auto and jt is None:
+            # columns that exist but are empty in the first batch (convert writes 'dx' for
+            # every source) do not count as sources
+            it = inp.batches(list(dict.fromkeys([id_column] + cols.columns() +
+                                                [c for c in ("patient_id", split_column) if c and c in names])))
+            first = next(it, None)
+            rest = it
+            if first is not None:
+                cols = _drop_empty(cols, first)
         vocabulary = load_vocabulary(vocab or default_vocabulary_for(cols))
         keep = [c for c in ("patient_id",) if c in all_names]
         if split_column and split_column not in keep:
@@ -112,7 +124,12 @@ def run_label(
             },
         )
         out_meta.add_step(argv)
-        batches = inp.batches(need)
+        if first is not None:
+            batches = _chain_select(first, rest, need)
+        elif auto and jt is None:
+            batches = iter(())
+        else:
+            batches = inp.batches(need)
         if dest is None:
             for _ in label_batches(batches, opts, schema, report, jt):
                 pass
@@ -123,3 +140,28 @@ def run_label(
     finally:
         inp.close()
     return report.to_dict(), out_meta
+
+
+def _drop_empty(cols: SourceColumns, batch) -> SourceColumns:
+    def has_values(name: str) -> bool:
+        if name not in batch.schema.names:
+            return True
+        col = batch.column(batch.schema.get_field_index(name))
+        for v in col.to_pylist():
+            if v not in (None, "", [], {}):
+                return True
+        return False
+
+    kept = SourceColumns(
+        text=[c for c in cols.text if has_values(c)],
+        codes=cols.codes if cols.codes and has_values(cols.codes) else None,
+        scp=cols.scp if cols.scp and has_values(cols.scp) else None,
+        classes=cols.classes if cols.classes and has_values(cols.classes) else None,
+    )
+    return kept if kept.columns() else cols
+
+
+def _chain_select(first, rest, need):
+    yield first.select([c for c in need if c in first.schema.names])
+    for b in rest:
+        yield b.select([c for c in need if c in b.schema.names])

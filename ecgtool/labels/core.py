@@ -82,12 +82,12 @@ class SourceColumns:
                 if c in names:
                     setattr(out, kind, c)
                     break
-        # free text only when nothing coded is there (PTB-XL's German 'report' next to scp_codes)
-        if not (out.codes or out.scp or out.classes):
-            for c in AUTO_COLUMNS["text"]:
-                if c in names:
-                    out.text = [c]
-                    break
+        # header diagnoses ride along with codes; a free 'report' column only when
+        # nothing coded is there (PTB-XL's German reports next to scp_codes)
+        for c in AUTO_COLUMNS["text"]:
+            if c in names and (c != "report" or not (out.codes or out.scp or out.classes)):
+                out.text = [c]
+                break
         return out
 
 

@@ -103,7 +103,7 @@ class TextLabeler:
         out = TextResult()
         if not text:
             return out
-        for line in re.split(r"[\r\n]+", str(text)):
+        for line in re.split(r"[\r\n;]+", str(text)):
             line = line.strip()
             if line:
                 out.merge(self._cached(line))
