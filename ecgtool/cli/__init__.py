@@ -13,7 +13,10 @@ COMMANDS = [
     "models",
     "preprocess",
     "label",
+    "embed",
+    "predict",
     "probe",
+    "pretrain",
 ]
 
 for _name in COMMANDS:

@@ -36,3 +36,12 @@ Model = Annotated[
     typer.Option("-m", "--model", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Precision = Annotated[str, typer.Option("--precision", help="fp32, or bf16 (autocast; on CUDA the fast path).")]
+Shard = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        help="K/N: process shard K of N (records split by a stable hash of record_id; the output name gets "
+        ".shardKofN, or replaces {shard}). Default: from SLURM_ARRAY_TASK_ID/COUNT when set.",
+    ),
+]

@@ -1,0 +1,60 @@
+"""ecgtool embed: embeddings from a model."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat, Precision, Shard
+
+
+@app.command("embed")
+def embed(
+    src: Input = "-",
+    model: Model = None,
+    output: Output = "-",
+    output_format: OutputFormat = None,
+    pool: Annotated[str, typer.Option("--pool", help="Per record: mean or max over windows and segments; none: one row per window.")] = "mean",
+    local: Annotated[bool, typer.Option("--local", help="Also write the per-frame (local) features as column 'local'.")] = False,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Features of this transformer layer / network stage (0-based; -1 = last).")] = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = 32,
+    shard: Shard = None,
+    on_error: OnError = None,
+) -> None:
+    """Embed ECGs with a model: one vector per record (or per window).
+
+    The input is adapted to the model's contract: a raw records table gets the
+    model's preprocess preset; a preprocessed table is resampled if its rate
+    differs (with a note), longer rows are cut into windows and pooled,
+    missing leads are zero-filled (with a warning), a different normalisation
+    is refused. Raw ECG files or folders are converted on the fly.
+
+    \b
+    Examples:
+      ecgtool embed -m ecgfm.safetensors seg.parquet -o emb.parquet
+      ecgtool convert data/ -o - | ecgtool embed -m ecgfounder-12lead.safetensors - -o emb.parquet
+      ecgtool embed -m model.safetensors seg.parquet --pool none --local -o frames.parquet
+      sbatch --array=1-8 --wrap 'ecgtool embed -m m.safetensors big.parquet -o emb.parquet'
+    """
+    import sys
+
+    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.cli.modelrun import open_input, open_model
+    from ecgtool.models.apply import embed_table
+    from ecgtool.models.inference import parse_shard, shard_path
+
+    errors = record_errors(on_error)
+    sh = parse_shard(shard)
+    net, dev = open_model(model, device)
+    with open_input(src, batch_size) as reader:
+        stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,
+                            batch_size=batch_size, pool=pool, local=local, layer=layer, shard=sh,
+                            errors=errors, fmt=output_format, argv=sys.argv,
+                            batches=progress(reader, getattr(reader, "num_rows", None), "embed",
+                                             count=lambda b: b.num_rows))
+    finish(errors, f"embedded {stats.rows_in} rows ({stats.windows} windows) into {stats.rows_out} rows")

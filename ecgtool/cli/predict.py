@@ -1,0 +1,84 @@
+"""ecgtool predict: label probabilities from a classifier."""
+
+from __future__ import annotations
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, OutputFormat, Precision, Shard
+
+
+@app.command("predict")
+def predict(
+    src: Input = "-",
+    model: Model = None,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Output table; default: a summary on a terminal, else stdout.")
+    ] = "",
+    output_format: OutputFormat = None,
+    aggregate: Annotated[str, typer.Option("--aggregate", help="Per record over windows and segments: mean or max (the checkpoint may set some labels to max); none: one row per window.")] = "mean",
+    top: Annotated[int, typer.Option("--top", help="Summary: also show this many most probable labels.")] = 5,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = 32,
+    shard: Shard = None,
+    on_error: OnError = None,
+) -> None:
+    """Predict labels: one probability per label, and the findings above threshold.
+
+    Output: a table with one float column per label and 'findings' (labels at
+    or above the checkpoint's per-label thresholds). Without -o on a terminal,
+    a readable summary per record instead. The input may be a table or raw ECG
+    files (e.g. a .hea), converted on the fly.
+
+    \b
+    Examples:
+      ecgtool predict data/ptbxl/records500/00000/00001_hr.hea
+      ecgtool predict -m finetuned.safetensors seg.parquet -o pred.parquet
+      ecgtool convert data/ -o - | ecgtool predict - -o - | ecgtool info -
+    """
+    import sys
+    import tempfile
+
+    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.cli.modelrun import open_input, open_model
+    from ecgtool.models.apply import predict_table
+    from ecgtool.models.inference import parse_shard, shard_path
+
+    errors = record_errors(on_error)
+    sh = parse_shard(shard)
+    summary = output == "" and sys.stdout.isatty()
+    net, dev = open_model(model, device)
+    with tempfile.TemporaryDirectory(prefix="ecgtool-predict-") as tmp:
+        dest = f"{tmp}/pred.arrow" if summary else shard_path(output or "-", sh)
+        with open_input(src, batch_size) as reader:
+            stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
+                                  aggregate=aggregate, shard=sh, errors=errors, fmt=output_format,
+                                  argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
+                                                                  "predict", count=lambda b: b.num_rows))
+        if summary:
+            _print_summary(dest, top)
+    finish(errors, None if summary else f"predicted {stats.rows_out} rows from {stats.rows_in} input rows")
+
+
+def _print_summary(path: str, top: int) -> None:
+    from rich.console import Console
+
+    from ecgtool.io import read_table
+
+    table, meta = read_table(path)
+    names = meta.info["label_names"]
+    thr = dict(zip(names, meta.info["thresholds"]))
+    con = Console(highlight=False)
+    con.print(f"model: {meta.info.get('model')}")
+    for row in table.to_pylist():
+        con.print(f"\n[bold]{row['record_id']}[/bold]")
+        found = row["findings"]
+        if found:
+            for name in found:
+                con.print(f"  [green]{name}[/green]  {row[name]:.3f}  (threshold {thr[name]:.2f})")
+        else:
+            con.print("  no finding above its threshold")
+        ranked = sorted(names, key=lambda n: -row[n])[:top]
+        con.print("  most probable: " + ", ".join(f"{n} {row[n]:.2f}" for n in ranked))

@@ -1,0 +1,290 @@
+"""``embed`` and ``predict``: a model over a record table, one output table.
+
+Both share the same path (see :mod:`ecgtool.models.inference`): adapt the
+input to the model's contract, run the model over windows, group windows and
+segments back into records, and write one row per record (``pool`` /
+``aggregate`` = mean or max) or one row per window (``none``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ecgtool.errors import RecordErrors, UsageError
+from ecgtool.io import schema as S
+from ecgtool.io.stream import TableReader, TableWriter
+from ecgtool.models.inference import (
+    POOLS,
+    Adapter,
+    RecordGrouper,
+    Runner,
+    frames_column,
+    passthrough,
+    pool_windows,
+    vector_column,
+)
+
+log = logging.getLogger("ecgtool")
+
+PER_WINDOW_DROP = (S.SIGNAL,)
+PER_RECORD_DROP = (S.SIGNAL, S.SEGMENT, S.LEAD_MASK)
+
+
+@dataclass
+class RunStats:
+    rows_in: int = 0
+    windows: int = 0
+    rows_out: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def model_name(model: torch.nn.Module) -> str:
+    prov = (getattr(model, "extra", None) or {}).get("provenance") or {}
+    return str(prov.get("source") or prov.get("random_init") or getattr(model, "name", None) or model.family)
+
+
+class _Output:
+    """Builds output rows (per window or per record) and writes them."""
+
+    def __init__(self, reader: TableReader, dest: str, fmt: str | None, meta: S.TableMeta, pool: str,
+                 new_fields: list[pa.Field]):
+        if pool not in POOLS:
+            raise UsageError(f"--pool/--aggregate must be one of {', '.join(POOLS)}, not {pool!r}")
+        self.pool = pool
+        drop = PER_RECORD_DROP if pool != "none" else PER_WINDOW_DROP
+        keep = [f for f in reader.schema if f.name not in drop and f.name not in {n.name for n in new_fields}]
+        fields = list(keep)
+        if pool == "none":
+            fields = [f for f in fields if f.name != S.SEGMENT]
+            fields.insert(1 if fields and fields[0].name == S.RECORD_ID else 0, pa.field(S.SEGMENT, pa.int32()))
+        self.keep = [f.name for f in keep if not (pool == "none" and f.name == S.SEGMENT)]
+        self.schema = pa.schema(fields + new_fields)
+        self.writer = TableWriter(dest, self.schema, meta, fmt=fmt)
+        self.grouper = RecordGrouper()
+        self.rows = 0
+
+    def add(self, adapted_batch: pa.RecordBatch, per_window: dict[str, np.ndarray], finish) -> None:
+        """``per_window[name]`` has shape (rows, windows, ...); ``finish(name -> array) -> columns``."""
+        if self.pool == "none":
+            rows = adapted_batch.num_rows
+            nwin = next(iter(per_window.values())).shape[1]
+            idx = np.repeat(np.arange(rows), nwin)
+            base = passthrough(adapted_batch.take(pa.array(idx)), drop=(S.SEGMENT,))
+            base = pa.RecordBatch.from_arrays([base.column(base.schema.get_field_index(n)) for n in self.keep],
+                                              names=self.keep)
+            seg_in = (np.asarray(S.column_values(adapted_batch, S.SEGMENT, 0), dtype=np.int64)
+                      if S.SEGMENT in adapted_batch.schema.names else np.zeros(rows, dtype=np.int64))
+            seg = (np.nan_to_num(seg_in.astype(float)).astype(np.int64)[:, None] * nwin + np.arange(nwin)).reshape(-1)
+            flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in per_window.items()}
+            self._write(base, {S.SEGMENT: pa.array(seg.astype(np.int32)), **finish(flat, None)})
+            return
+        self._emit(self.grouper.push(adapted_batch, per_window), finish)
+
+    def _emit(self, groups, finish) -> None:
+        if not groups:
+            return
+        first = pa.Table.from_batches([g[0] for g in groups]).combine_chunks().to_batches()[0]
+        base = pa.RecordBatch.from_arrays([first.column(first.schema.get_field_index(n)) for n in self.keep],
+                                          names=self.keep)
+        names = groups[0][1].keys()
+        stacked = {k: [g[1][k] for g in groups] for k in names}
+        self._write(base, finish(None, stacked))
+
+    def _write(self, base: pa.RecordBatch, cols: dict[str, pa.Array]) -> None:
+        arrays = [base.column(i) for i in range(base.num_columns)] + list(cols.values())
+        names = list(base.schema.names) + list(cols.keys())
+        out = pa.RecordBatch.from_arrays(arrays, names=names)
+        self.writer.write(out)
+        self.rows += out.num_rows
+
+    def close(self, finish) -> None:
+        if self.pool != "none":
+            self._emit(self.grouper.flush(), finish)
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def _run(reader: TableReader, model, adapter: Adapter, runner: Runner, out: _Output, fn, finish,
+         batches: Iterable[pa.RecordBatch] | None, stats: RunStats) -> RunStats:
+    try:
+        for ad in adapter(batches if batches is not None else reader):
+            stats.rows_in += ad.batch.num_rows
+            if not ad.valid.all():
+                keep = np.flatnonzero(ad.valid)
+                ad.batch, ad.x = ad.batch.take(pa.array(keep)), ad.x[keep]
+                if not len(keep):
+                    continue
+            n, w = ad.x.shape[:2]
+            stats.windows += n * w
+            res = runner(fn, ad.x.reshape((n * w,) + ad.x.shape[2:]))
+            per_window = {k: v.reshape((n, w) + v.shape[1:]) for k, v in zip(fn.names, res)}
+            out.add(ad.batch, per_window, finish)
+        out.close(finish)
+    except BaseException:
+        out.abort()
+        raise
+    stats.rows_out = out.rows
+    stats.notes = sorted(adapter.notes)
+    return stats
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def embed_table(
+    reader: TableReader,
+    dest: str,
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 32,
+    pool: str = "mean",
+    local: bool = False,
+    layer: int | None = None,
+    shard: tuple[int, int] | None = None,
+    errors: RecordErrors | None = None,
+    fmt: str | None = None,
+    argv: Sequence[str] | None = None,
+    batches: Iterable[pa.RecordBatch] | None = None,
+) -> RunStats:
+    """Write one embedding per record (``pool`` mean/max) or per window (``none``).
+
+    ``local`` adds the per-frame features (frames of all windows of a record,
+    in time order); ``layer`` takes the features of that transformer layer /
+    network stage instead of the final one.
+    """
+    errors = errors or RecordErrors()
+    adapter = Adapter(model.contract, reader.meta, errors, shard)
+    runner = Runner(model, device, precision, batch_size)
+
+    def fn(x):
+        feats = model.features(x, layer=layer) if layer is not None else model.features(x)
+        emb = model.pool(feats)
+        return (emb, feats) if local else emb
+
+    fn.names = ["embedding", "local"] if local else ["embedding"]
+    dim = _embedding_dim(model, layer)
+    new = [pa.field(S.EMBEDDING, pa.list_(pa.float32(), dim))]
+    if local:
+        new.append(pa.field("local", pa.list_(pa.list_(pa.float32(), dim))))
+    meta = reader.meta.derive(kind="embeddings", model=model_name(model), contract=model.contract.to_dict(),
+                              embedding={"dim": dim, "pool": pool, "layer": layer, "local": local,
+                                         "precision": precision}).add_step(argv)
+    out = _Output(reader, dest, fmt, meta, pool, new)
+
+    def finish(flat, groups):
+        if flat is not None:
+            cols = {S.EMBEDDING: vector_column(flat["embedding"])}
+            if local:
+                cols["local"] = frames_column(list(flat["local"]))
+            return cols
+        cols = {S.EMBEDDING: vector_column(np.stack([pool_windows(g, pool) for g in groups["embedding"]]))}
+        if local:
+            cols["local"] = frames_column([g.reshape(-1, g.shape[-1]) for g in groups["local"]])
+        return cols
+
+    return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
+
+
+def _embedding_dim(model: torch.nn.Module, layer: int | None) -> int:
+    c = model.contract
+    with torch.inference_mode():
+        x = torch.zeros(1, len(c.leads), c.n_samples, device=next(model.parameters()).device)
+        feats = model.features(x, layer=layer) if layer is not None else model.features(x)
+    return int(feats.shape[-1])
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float, str, dict]:
+    """(label names, thresholds, temperature, task, per-label aggregation) from a checkpoint's extras."""
+    extra = getattr(model, "extra", None) or {}
+    names = list(model.label_names) if model.label_names is not None else None
+    n_head = getattr(model, "n_classes", None)
+    if names is None and n_head:
+        names = [f"label_{k}" for k in range(n_head)]
+        log.warning("the checkpoint carries no label names; calling its %d outputs label_0..label_%d "
+                    "(import it with names to fix this)", n_head, n_head - 1)
+    if names is None:
+        raise UsageError("the model has no classifier head (no label names)",
+                         "use 'ecgtool embed' for embeddings, or a finetuned checkpoint for predictions")
+    thr = extra.get("thresholds")
+    thresholds = np.asarray(thr if thr is not None else [0.5] * len(names), dtype=np.float32)
+    if thresholds.shape != (len(names),):
+        raise UsageError(f"the checkpoint has {thresholds.size} thresholds for {len(names)} labels")
+    temperature = float(extra.get("temperature") or 1.0)
+    task = str((extra.get("extra") or {}).get("task") or extra.get("task") or "multilabel")
+    agg = dict((extra.get("extra") or {}).get("aggregation") or extra.get("aggregation") or {})
+    return names, thresholds, temperature, task, agg
+
+
+def predict_table(
+    reader: TableReader,
+    dest: str,
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 32,
+    aggregate: str = "mean",
+    shard: tuple[int, int] | None = None,
+    errors: RecordErrors | None = None,
+    fmt: str | None = None,
+    argv: Sequence[str] | None = None,
+    batches: Iterable[pa.RecordBatch] | None = None,
+) -> RunStats:
+    """Write probabilities per label (one float32 column per label name) and
+    ``findings`` (labels at or above their threshold, most probable first)."""
+    errors = errors or RecordErrors()
+    names, thresholds, temperature, task, per_label = label_settings(model)
+    adapter = Adapter(model.contract, reader.meta, errors, shard)
+    runner = Runner(model, device, precision, batch_size)
+
+    def fn(x):
+        z = model.logits(x) / temperature
+        return torch.softmax(z, dim=-1) if task == "multiclass" else torch.sigmoid(z)
+
+    fn.names = ["probs"]
+    how = np.array([per_label.get(n, aggregate) for n in names])
+
+    def finish(flat, groups):
+        if flat is not None:
+            p = flat["probs"]
+        else:
+            p = np.stack([_aggregate(g, how, aggregate) for g in groups["probs"]])
+        return prediction_columns(p, names, thresholds, task)
+
+    new = [pa.field(n, pa.float32()) for n in names] + [pa.field("findings", pa.list_(pa.string()))]
+    meta = reader.meta.derive(kind="predictions", model=model_name(model), contract=model.contract.to_dict(),
+                              label_names=names, thresholds=thresholds.tolist(), temperature=temperature,
+                              task=task, aggregate=aggregate).add_step(argv)
+    out = _Output(reader, dest, fmt, meta, aggregate, new)
+    return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
+
+
+def _aggregate(g: np.ndarray, how: np.ndarray, default: str) -> np.ndarray:
+    mean, mx = g.mean(axis=0), g.max(axis=0)
+    return np.where(how == "max", mx, mean) if default != "max" else np.where(how == "mean", mean, mx)
+
+
+def prediction_columns(p: np.ndarray, names: list[str], thresholds: np.ndarray, task: str) -> dict[str, pa.Array]:
+    cols = {n: pa.array(p[:, k].astype(np.float32)) for k, n in enumerate(names)}
+    findings = []
+    for row in p:
+        if task == "multiclass":
+            findings.append([names[int(np.argmax(row))]])
+            continue
+        hit = np.flatnonzero(row >= thresholds)
+        findings.append([names[k] for k in hit[np.argsort(-row[hit])]])
+    cols["findings"] = pa.array(findings, type=pa.list_(pa.string()))
+    return cols

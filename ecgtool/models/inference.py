@@ -1,0 +1,315 @@
+"""Batch inference shared by ``embed``, ``predict`` and ``saliency``.
+
+The flow, for any model and any input table:
+
+1. **adapt** each batch to the model's input contract
+   (:func:`adapt_batches`): a raw records table goes through the preprocess
+   preset the model names (``contract.preset``); a preprocessed table is
+   checked against the contract — leads reordered or zero-filled (with a
+   warning), a different rate resampled (with a note), a longer row cut into
+   non-overlapping windows, a shorter one zero-padded (with a warning), a
+   different normalisation refused;
+2. **run** the model over windows in batches (:class:`Runner`), under
+   ``torch.inference_mode`` and optional bf16 autocast;
+3. **aggregate** windows back to rows and rows back to records
+   (:class:`RecordGrouper`): adjacent rows with the same ``record_id`` form one
+   record, so 5 s segments of a 10 s ECG pool into one embedding or one
+   prediction per record. Memory stays bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
+from ecgtool.io import schema as S
+from ecgtool.models.contract import InputContract
+
+log = logging.getLogger("ecgtool")
+
+POOLS = ("mean", "max", "none")
+PRECISIONS = ("fp32", "bf16")
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``K/N`` (1-based K) or None; defaults to SLURM array variables when unset."""
+    if text is None:
+        tid = os.environ.get("SLURM_ARRAY_TASK_ID")
+        count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+        if tid is None or count is None:
+            return None
+        lo = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(tid) - lo + 1, int(count)
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+    """Records are split between shards by a stable hash of their id, so that
+    all windows and segments of one record land in the same shard."""
+    if shard is None:
+        return True
+    k, n = shard
+    return zlib.crc32(str(record_id).encode()) % n == k - 1
+
+
+def shard_path(path: str, shard: tuple[int, int] | None) -> str:
+    """``emb.parquet`` -> ``emb.shard1of4.parquet`` (``{shard}`` in the name is replaced instead)."""
+    if shard is None or path == "-":
+        return path
+    k, n = shard
+    tag = f"shard{k}of{n}"
+    if "{shard}" in path:
+        return path.replace("{shard}", tag)
+    root, ext = os.path.splitext(path)
+    return f"{root}.{tag}{ext}"
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+@dataclass
+class Adapted:
+    """One input batch made ready for the model."""
+
+    batch: pa.RecordBatch  # the input rows (signal dropped), one per row of ``x``'s first axis
+    x: np.ndarray  # (rows, windows, leads, samples) float32
+    valid: np.ndarray  # (rows,) bool: rows that could be used
+
+
+def _is_preprocessed(meta: S.TableMeta) -> bool:
+    return "preprocess" in meta.info
+
+
+def describe_mismatch(meta: S.TableMeta, contract: InputContract) -> list[str]:
+    """What differs between a preprocessed table and a model contract (for messages)."""
+    pre = meta.info.get("preprocess", {})
+    out = []
+    norm = meta.info.get("normalisation", pre.get("normalisation"))
+    if norm is not None and norm != contract.normalisation:
+        out.append(f"normalisation {norm} (model wants {contract.normalisation})")
+    return out
+
+
+class Adapter:
+    """Turns table batches into (rows, windows, leads, samples) model input."""
+
+    def __init__(self, contract: InputContract, meta: S.TableMeta, errors: RecordErrors,
+                 shard: tuple[int, int] | None = None):
+        self.contract = contract
+        self.errors = errors
+        self.shard = shard
+        self.notes: set[str] = set()
+        self.preprocessed = _is_preprocessed(meta)
+        if self.preprocessed:
+            bad = describe_mismatch(meta, contract)
+            if bad:
+                raise UsageError(
+                    "the table was preprocessed for another model: " + "; ".join(bad),
+                    f"preprocess the raw records with --preset {contract.preset} (or pass the records "
+                    "table itself and let the model apply its preset)" if contract.preset else
+                    "preprocess the raw records to the model's contract",
+                )
+            self.pre = None
+        else:
+            from ecgtool.preprocess import Preprocessor, make_config
+
+            if contract.preset is None:
+                raise UsageError("the model names no preprocessing preset; preprocess the table first")
+            self.pre = Preprocessor(make_config(preset=contract.preset, leads=list(contract.leads)), errors)
+            self._note(f"applying preprocess preset {contract.preset!r} ({contract.describe()})")
+
+    def _note(self, msg: str, warn: bool = False) -> None:
+        if msg not in self.notes:
+            self.notes.add(msg)
+            (log.warning if warn else log.info)(msg)
+
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[Adapted]:
+        for batch in batches:
+            if self.shard is not None and batch.num_rows:
+                ids = S.column_values(batch, S.RECORD_ID)
+                keep = [i for i, r in enumerate(ids) if in_shard(r, self.shard)]
+                if not keep:
+                    continue
+                batch = batch.take(pa.array(keep, type=pa.int64()))
+            if self.pre is not None:
+                out = self.pre.process(batch)
+                if out is None or out.num_rows == 0:
+                    continue
+                batch = out
+            if batch.num_rows == 0:
+                continue
+            yield self._adapt(batch)
+
+    def _adapt(self, batch: pa.RecordBatch) -> Adapted:
+        from ecgtool.signal.derive import apply_plan, lead_plan
+        from ecgtool.signal.resample import resample
+        from ecgtool.signal.segment import crop_or_pad, windows
+
+        c = self.contract
+        x = S.batch_signal_array(batch)
+        fs = S.column_values(batch, S.FS)
+        leads = S.column_values(batch, S.LEADS)
+        if len(set(fs)) > 1 or any(l != leads[0] for l in leads):
+            raise InputError("rows of one batch differ in sampling rate or leads",
+                             "run 'ecgtool preprocess' so that every row shares them")
+        fs0, leads0 = float(fs[0]), list(leads[0])
+        if S.LEAD_MASK in batch.schema.names:
+            for m in {tuple(m) for m in S.column_values(batch, S.LEAD_MASK) if m is not None}:
+                absent = [name for name, ok in zip(leads0, m) if not ok]
+                if absent:
+                    self._note(f"leads {','.join(absent)} are absent and zero-filled (as random lead masking "
+                               "trains for); predictions may be less reliable", warn=True)
+        if leads0 != list(c.leads):
+            plan = lead_plan(leads0, c.leads)
+            x, mask = apply_plan(x, plan)
+            absent = [name for name, ok in zip(c.leads, mask) if not ok]
+            if absent:
+                self._note(f"leads {','.join(absent)} are absent and zero-filled (as random lead masking "
+                           "trains for); predictions may be less reliable", warn=True)
+        if fs0 != c.fs:
+            self._note(f"resampling {fs0:g} Hz to the model's {c.fs:g} Hz (linear interpolation)")
+            x = resample(x, fs0, c.fs, method="linear").astype(np.float32)
+        t = x.shape[-1]
+        if t > c.n_samples:
+            if t % c.n_samples:
+                self._note(f"rows of {t} samples are cut into {t // c.n_samples} window(s) of {c.n_samples}; "
+                           f"the last {t % c.n_samples} samples are dropped")
+            w = windows(x, c.n_samples)  # (N, W, L, n)
+        else:
+            if t < c.n_samples:
+                self._note(f"rows of {t} samples ({t / c.fs:g} s) are zero-padded to the model's "
+                           f"{c.n_samples} ({c.seconds:g} s)", warn=True)
+                x = crop_or_pad(x, c.n_samples)
+            w = x[:, None]
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if not w.flags.writeable:  # a zero-copy view of the Arrow buffer
+            w = w.copy()
+        valid = np.isfinite(w).all(axis=(1, 2, 3))
+        if not valid.all():
+            ids = S.column_values(batch, S.RECORD_ID)
+            for i in np.flatnonzero(~valid):
+                self.errors(RecordError(str(ids[i]), "NaN or infinite values in the signal",
+                                        "run 'ecgtool preprocess' (its --nan policy) first"))
+        keep = [i for i, col in enumerate(batch.schema.names) if col != S.SIGNAL]
+        slim = pa.RecordBatch.from_arrays([batch.column(i) for i in keep],
+                                          names=[batch.schema.names[i] for i in keep])
+        return Adapted(slim, w, valid)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Runner:
+    """Applies a model function to many windows in fixed-size batches."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 32):
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.model = model.eval().to(device)
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    def __call__(self, fn: Callable[[torch.Tensor], torch.Tensor | tuple], x: np.ndarray) -> list[np.ndarray]:
+        """``fn(model_input) -> tensor or tuple of tensors`` over ``x`` (M, L, T); outputs as float32 numpy."""
+        outs: list[list[np.ndarray]] = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(x[start:start + self.batch_size]).to(self.device, non_blocking=True)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.precision == "bf16"):
+                    res = fn(xb)
+                res = res if isinstance(res, tuple) else (res,)
+                outs.append([r.float().cpu().numpy() for r in res])
+        if not outs:
+            return []
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+class RecordGrouper:
+    """Groups adjacent rows with the same ``record_id`` across batches.
+
+    ``push(batch, values)`` takes the rows of one batch (signal dropped) and a
+    dict of per-row arrays (first axis = rows; each row may hold several
+    windows on its second axis); it returns the finished groups as a list of
+    ``(first_row_batch, {name: stacked windows of the whole record})``. Call
+    ``flush()`` at the end for the last group.
+    """
+
+    def __init__(self):
+        self._pending_row: pa.RecordBatch | None = None
+        self._pending_id = None
+        self._pending_vals: dict[str, list[np.ndarray]] = {}
+
+    def push(self, batch: pa.RecordBatch, values: dict[str, np.ndarray]):
+        ids = S.column_values(batch, S.RECORD_ID)
+        done = []
+        for i, rid in enumerate(ids):
+            if rid != self._pending_id and self._pending_row is not None:
+                done.append(self._take())
+            if self._pending_row is None:
+                self._pending_row = batch.slice(i, 1)
+                self._pending_id = rid
+                self._pending_vals = {k: [] for k in values}
+            for k, v in values.items():
+                self._pending_vals[k].append(v[i])
+        return done
+
+    def _take(self):
+        out = (self._pending_row, {k: np.concatenate([np.atleast_1d(a)[None] if a.ndim == 0 else a for a in v])
+                                   for k, v in self._pending_vals.items()})
+        self._pending_row, self._pending_id, self._pending_vals = None, None, {}
+        return out
+
+    def flush(self):
+        return [self._take()] if self._pending_row is not None else []
+
+
+def pool_windows(v: np.ndarray, how: str) -> np.ndarray:
+    if how == "mean":
+        return v.mean(axis=0)
+    if how == "max":
+        return v.max(axis=0)
+    raise ValueError(how)
+
+
+def passthrough(batch: pa.RecordBatch, drop: Sequence[str] = ()) -> pa.RecordBatch:
+    names = [n for n in batch.schema.names if n not in drop]
+    return pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(n)) for n in names], names=names)
+
+
+def vector_column(v: np.ndarray) -> pa.Array:
+    """(N, D) float32 -> fixed_size_list<float32, D>."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), type=pa.float32()), v.shape[1])
+
+
+def frames_column(rows: Sequence[np.ndarray]) -> pa.Array:
+    """Per-row (frames, D) arrays -> list<fixed_size_list<float32, D>>."""
+    d = rows[0].shape[1]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([r.shape[0] for r in rows], out=offsets[1:])
+    flat = np.concatenate([np.ascontiguousarray(r, dtype=np.float32).reshape(-1) for r in rows])
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), d)
+    return pa.ListArray.from_arrays(pa.array(offsets), inner)
