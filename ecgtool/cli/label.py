@@ -60,7 +60,8 @@ def label(
     1, 0 or null (nothing recognisable about the record). A report on stderr
     (and in --report) gives counts, prevalence and pos_weight = (1-p)/p per
     label and split, unknown codes, unmapped items and unrecognised text.
-    The signal column is never read.
+    SRC is a record table or a plain CSV (.csv/.tsv, e.g. ptbxl_database.csv
+    with --id-column ecg_id). The signal column is never read.
 
     \b
     Examples:
