@@ -84,6 +84,17 @@ BASE_CONFIG: dict[str, Any] = {
 
 _ALLOWED_KEYS = set(BASE_CONFIG)
 
+# Output order of the released MIMIC-IV-ECG finetuned classifier (17 labels,
+# ECG-FM data/mimic_iv_ecg/labels/label_def.csv). fairseq-signals checkpoints do
+# not carry label names: pass these to the importer for that file.
+MIMIC_IV_ECG_LABELS = (
+    "Poor data quality", "Sinus rhythm", "Premature ventricular contraction", "Tachycardia",
+    "Ventricular tachycardia", "Supraventricular tachycardia with aberrancy", "Atrial fibrillation",
+    "Atrial flutter", "Bradycardia", "Accessory pathway conduction", "Atrioventricular block",
+    "1st degree atrioventricular block", "Bifascicular block", "Right bundle branch block",
+    "Left bundle branch block", "Infarction", "Electronic pacemaker",
+)
+
 
 # ----------------------------------------------------------------------------
 # configuration

@@ -312,7 +312,10 @@ def load_fairseq_checkpoint(src: str | os.PathLike | BinaryIO | dict, label_name
     """Build an :class:`EcgFm` from a fairseq-signals ``.pt`` (pretrained or finetuned), in eval mode.
 
     The architecture comes from the checkpoint's ``cfg['model']``. The model
-    gets a ``provenance`` dict (see :func:`fairseq_provenance`).
+    gets a ``provenance`` dict (see :func:`fairseq_provenance`), also under
+    ``model.extra['provenance']``. fairseq checkpoints carry no label names;
+    pass ``label_names`` (one per output, e.g. ``ecgfm.MIMIC_IV_ECG_LABELS``
+    for the released 17-label classifier) to attach them.
     """
     path = src if isinstance(src, (str, os.PathLike)) else None
     name = str(path) if path is not None else getattr(src, "name", "checkpoint")
@@ -337,7 +340,8 @@ def load_fairseq_checkpoint(src: str | os.PathLike | BinaryIO | dict, label_name
         model = model.to_empty(device="cpu")
         model.load_state_dict(ours, strict=True)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{name}: cannot build the model from cfg['model']: {e}") from None
+        raise CheckpointError(f"{name}: cannot build the model from cfg['model'] "
+                              f"({config.get('num_labels')} outputs): {e}") from None
     if model.quantizer is not None:
         hist = state.get("optimizer_history") or []
         n = hist[-1].get("num_updates") if hist and isinstance(hist[-1], dict) else None
