@@ -1,0 +1,118 @@
+"""ecgtool pretrain: ECG-FM self-supervised pretraining (wav2vec 2.0 + CMSC + RLM)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import Device, Input
+from ecgtool.errors import UsageError
+
+log = logging.getLogger("ecgtool")
+
+
+def parse_floats(text: str, n: int, option: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers") from None
+    if len(vals) != n:
+        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers, got {len(vals)}")
+    return vals
+
+
+@app.command("pretrain")
+def pretrain(
+    src: Input,
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Run folder: checkpoints/, "
+                                             "train_log.jsonl and the final model.safetensors.")],
+    model: Annotated[str, typer.Option("-m", "--model", help="Registered ECG-FM variant (random init) "
+                                       "or a pretraining checkpoint to continue from.")] = "ecgfm-base",
+    no_w2v: Annotated[bool, typer.Option("--no-w2v", help="Drop the wav2vec 2.0 loss.")] = False,
+    no_cmsc: Annotated[bool, typer.Option("--no-cmsc", help="Drop CMSC (then items are single segments).")] = False,
+    no_rlm: Annotated[bool, typer.Option("--no-rlm", help="No random lead masking.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per process and update "
+                                            "(segment pairs with CMSC, segments without).")] = 64,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many updates.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Stop after this many epochs "
+                                                      "(default 200 when --max-steps is not given).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (fixed).")] = 5e-5,
+    betas: Annotated[str, typer.Option("--betas", help="Adam betas.")] = "0.9,0.98",
+    eps: Annotated[float, typer.Option("--eps", help="Adam epsilon.")] = 1e-6,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay.")] = 0.01,
+    mask_prob: Annotated[float, typer.Option("--mask-prob", help="Span-start probability.")] = 0.65,
+    mask_length: Annotated[int, typer.Option("--mask-length", help="Span length in frames.")] = 10,
+    min_masks: Annotated[int, typer.Option("--min-masks", help="Minimum spans per segment.")] = 2,
+    num_negatives: Annotated[int, typer.Option("--num-negatives", help="Distractors per masked frame.")] = 100,
+    logit_temp: Annotated[float, typer.Option("--logit-temp", help="InfoNCE temperature.")] = 0.1,
+    latent_temp: Annotated[str, typer.Option("--latent-temp", help="Gumbel temperature max,min,decay.")]
+    = "2,0.5,0.999995",
+    diversity_weight: Annotated[float, typer.Option("--diversity-weight")] = 0.1,
+    feature_penalty_weight: Annotated[float, typer.Option("--feature-penalty-weight")] = 10.0,
+    cmsc_weight: Annotated[float, typer.Option("--cmsc-weight")] = 1.0,
+    cmsc_temp: Annotated[float, typer.Option("--cmsc-temp", help="CMSC temperature.")] = 0.1,
+    rlm_prob: Annotated[float, typer.Option("--rlm-prob", help="Probability of zeroing each lead.")] = 0.5,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Updates between checkpoints.")]
+    = 1000,
+    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints", help="Checkpoints kept.")] = 2,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir exactly "
+                                         "where its last checkpoint left off.")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    clip_norm: Annotated[float, typer.Option("--clip-norm", help="Gradient clipping (0: none).")] = 0.0,
+    no_amp: Annotated[bool, typer.Option("--no-amp", help="fp32 on CUDA instead of bf16 autocast.")] = False,
+    device: Device = "auto",
+) -> None:
+    """Pretrain an ECG-FM transformer on a segment table (wav2vec 2.0 + CMSC + RLM, as published).
+
+    The input is a fixed-shape segment table from 'ecgtool preprocess'
+    (5 s at 500 Hz, 12 leads, per-lead z-score for the ECG-FM variants);
+    CMSC pairs adjacent segments of the same record. Every hyperparameter
+    defaults to the published value. Checkpoints go to OUTPUT_DIR/checkpoints
+    every --checkpoint-every updates; --resume continues bit for bit. Under
+    torchrun or srun each process trains on its share of every batch (DDP).
+
+    \b
+    Examples:
+      ecgtool pretrain seg.parquet -m ecgfm-small -o runs/pt --max-steps 2000
+      ecgtool pretrain seg.parquet -m ecgfm-small -o runs/pt --max-steps 4000 --resume
+      ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/w2v --no-cmsc --no-rlm --max-epochs 5
+      torchrun --nproc_per_node 4 -m ecgtool pretrain seg.parquet -o runs/pt --device cuda
+    """
+    from ecgtool.cli.common import progress
+    from ecgtool.train.loop import LoopConfig
+    from ecgtool.train.pretrain import PretrainConfig, Pretrainer
+
+    cfg = PretrainConfig(
+        w2v=not no_w2v, cmsc=not no_cmsc, rlm=not no_rlm, mask_prob=mask_prob, mask_length=mask_length,
+        min_masks=min_masks, num_negatives=num_negatives, logit_temp=logit_temp,
+        latent_temp=parse_floats(latent_temp, 3, "--latent-temp"), diversity_weight=diversity_weight,
+        feature_penalty_weight=feature_penalty_weight, cmsc_weight=cmsc_weight, cmsc_temp=cmsc_temp,
+        rlm_prob=rlm_prob, lr=lr, betas=parse_floats(betas, 2, "--betas"), eps=eps, weight_decay=weight_decay,
+        batch_size=batch_size)
+    if max_steps is None and max_epochs is None:
+        max_epochs = 200
+    loop = LoopConfig(out_dir=output_dir, max_steps=max_steps, max_epochs=max_epochs,
+                      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
+                      resume=resume, clip_norm=clip_norm, amp=not no_amp)
+    loop.check()
+    trainer = Pretrainer(src, model, output_dir, cfg, loop, device=device)
+    if trainer.dist.is_main:
+        log.info("pretrain: %s on %d items (%d segments), %d updates per epoch, device %s, %d process(es)",
+                 model, trainer.plan.n_items, len(trainer.data), trainer.plan.batches_per_epoch, trainer.device,
+                 trainer.dist.world_size)
+    last = None
+    steps = trainer.steps()
+    if trainer.dist.is_main:
+        steps = progress(steps, total=trainer.total_steps, desc="pretrain", unit="step")
+    for last in steps:
+        pass
+    path = trainer.finish()
+    if path is not None:
+        loss = f", last loss {last['loss']:.4f}" if last else ""
+        log.info("pretrain: %d updates%s; model written to %s (log: %s)", trainer.loop.state.step, loss, path,
+                 trainer.loop.log_path)
