@@ -39,7 +39,7 @@ def _numpy_globals() -> list:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import scalar
-    return [scalar, np.dtype, type(np.dtype(np.float64))]
+    return [scalar, np.dtype, type(np.dtype(np.float64))]  # numpy 2 rebuilds the dtype as Float64DType
 
 
 def safe_torch_load(path: str | Path) -> Any:
@@ -52,10 +52,14 @@ def safe_torch_load(path: str | Path) -> Any:
         text = str(exc).strip().splitlines()
         first = text[0] if text else type(exc).__name__
         if "Weights only load failed" in str(exc) or isinstance(exc, pickle.UnpicklingError):
-            detail = next((t for t in text if "Unsupported global" in t or "GLOBAL" in t), first)
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            if found:
+                detail = f"it would call {found.group(1)}"
+            else:
+                detail = next((t.strip() for t in text if "WeightsUnpickler error" in t), first.strip())
             raise CheckpointError(
-                f"{path}: refused to unpickle: it needs code outside the allowed tensor/numpy types ({detail.strip()})",
-                "a released checkpoint only holds tensors and plain values; this file could run code on load",
+                f"{path}: refused to unpickle: {detail}, which is not a tensor or plain value",
+                "a released checkpoint holds only tensors and plain values; this file could run code on load",
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})",
                               "the file may be truncated or not a checkpoint; download it again") from None
@@ -102,7 +106,9 @@ def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], 
         for key in ("epoch", "step", "val_auroc"):
             if key in obj:
                 value = obj[key]
-                top[key] = float(value) if key == "val_auroc" else value
+                value = value.item() if hasattr(value, "item") else value
+                if isinstance(value, (int, float)):
+                    top[key] = float(value) if key == "val_auroc" else value
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         sd = obj
