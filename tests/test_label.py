@@ -193,6 +193,7 @@ def test_cinc2017_classes_and_join(tmp_path, data_dir):
     for r, c in zip(ref.record, ref.label):
         assert df.loc[r].tolist() == [int(names[c] == n) for n in df.columns]
     assert (df.sum(axis=1) == 1).all()
+    assert rep["exclusive"] == {"several_positive": 0, "no_positive": 0}
     counts = ref.label.value_counts()
     got = {lab["name"]: lab["splits"]["all"]["positive"] for lab in rep["labels"]}
     assert got == {names[k]: int(v) for k, v in counts.items()} | {n: 0 for n in names.values() if n not in

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from ecgtool.labels.core import (  # noqa: F401
     Findings,
     JoinTable,
@@ -109,7 +111,16 @@ def run_label(
                             hierarchy, keep)
         need = list(dict.fromkeys([id_column] + cols.columns() + keep))
         report = Report(vocabulary, cols, split_column)
-        schema = output_schema(opts, inp.types)
+        types = dict(inp.types)
+        if jt is not None:
+            import re as _re
+
+            for c in keep:
+                if c not in types and c in jt.columns:
+                    vals = [r.get(c) for r in jt.rows]
+                    if vals and all(v is None or _re.fullmatch(r"-?\d+", str(v)) for v in vals):
+                        types[c] = pa.int64()
+        schema = output_schema(opts, types)
         out_meta = inp.meta.derive(
             kind="labels",
             label_names=vocabulary.label_names,

@@ -430,6 +430,7 @@ class Report:
         self.empty_examples: list[str] = []
         self.join: dict[str, Any] | None = None
         self._n = n
+        self.exclusive = Counter()  # labelled records with several / no positive (exclusive vocabularies)
 
     def add(self, record_id: str, split: Any, status: str, values, f: Findings, unmapped: list[str]) -> None:
         self.records += 1
@@ -448,6 +449,12 @@ class Report:
                         rows[i][3] += 1
                 else:
                     rows[i][1] += 1
+        if self.vocab.exclusive and status == "labelled":
+            npos = sum(1 for v, _ in values if v == 1)
+            if npos > 1:
+                self.exclusive["several_positive"] += 1
+            elif npos == 0:
+                self.exclusive["no_positive"] += 1
         if f.unknown:
             self.unknown_records += 1
         for source, code in f.unknown:
@@ -511,6 +518,9 @@ class Report:
             "empty_examples": self.empty_examples,
             "labels": labels,
         }
+        if self.vocab.exclusive:
+            d["exclusive"] = {"several_positive": self.exclusive.get("several_positive", 0),
+                              "no_positive": self.exclusive.get("no_positive", 0)}
         if self.join is not None:
             d["join"] = self.join
         return d
@@ -710,6 +720,11 @@ def label_batches(
 
 
 def _array(values: list, type_: pa.DataType) -> pa.Array:
+    if pa.types.is_integer(type_):
+        try:
+            values = [None if v is None else int(v) for v in values]
+        except (TypeError, ValueError):
+            pass
     try:
         return pa.array(values, type_)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
