@@ -668,6 +668,8 @@ def label_batches(
     n_labels = len(opts.vocabulary.labels)
     joined = unjoined = 0
     unjoined_examples: list[str] = []
+    source_cols = cols.columns()
+    memo: dict[tuple, tuple] = {}  # identical source values give identical labels (reports repeat)
     for batch in batches:
         rows = batch.to_pylist()
         if join is not None and join.on is None:
@@ -689,11 +691,18 @@ def label_batches(
                     for k, v in extra.items():
                         if r.get(k) is None:
                             r[k] = v
-            f = labeler.findings(r, cols)
-            status = labeler.status(f)
-            values = labeler.values(f, status)
+            key = tuple(_freeze(r.get(c)) for c in source_cols)
+            hit = memo.get(key)
+            if hit is None:
+                f = labeler.findings(r, cols)
+                status = labeler.status(f)
+                hit = (f, status, labeler.values(f, status), labeler.unmapped_items(f))
+                if len(memo) >= 100_000:
+                    memo.clear()
+                memo[key] = hit
+            f, status, values, unmapped = hit
             split = r.get(opts.split_column) if opts.split_column else None
-            report.add(rid or "?", split, status, values, f, labeler.unmapped_items(f))
+            report.add(rid or "?", split, status, values, f, unmapped)
             ids.append(rid)
             for c in opts.keep:
                 keep_vals[c].append(r.get(c))
@@ -717,6 +726,14 @@ def label_batches(
                 "not_joined_examples": unjoined_examples,
                 "join_rows_unused": len(join.rows) - len(join.used),
             }
+
+
+def _freeze(v: Any):
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _freeze(x)) for k, x in v.items()))
+    return v
 
 
 def _array(values: list, type_: pa.DataType) -> pa.Array:
