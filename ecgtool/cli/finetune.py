@@ -1,0 +1,139 @@
+"""ecgtool finetune: train a classifier head (and optionally the backbone) on labelled ECGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import Device, Input
+from ecgtool.errors import UsageError
+
+log = logging.getLogger("ecgtool")
+
+
+def _list(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+@app.command("finetune")
+def finetune(
+    src: Input,
+    model: Annotated[str, typer.Option("-m", "--model", help="Checkpoint to start from (native .safetensors, "
+                                       "fairseq .pt, ECGFounder .pth), or a registered name with --from-scratch.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The finetuned model (.safetensors).")],
+    labels_table: Annotated[Optional[str], typer.Option("--labels-table", "-l", help="Label table (from "
+                                                        "'ecgtool label') joined by record_id.")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label names: a subset of "
+                                                  "the label table, or label columns of the input table.")] = None,
+    task: Annotated[str, typer.Option("--task", help="multilabel (BCE with pos_weight), multiclass "
+                                      "(cross-entropy) or pu (non-negative PU: 0 = unlabeled).")] = "multilabel",
+    mode: Annotated[str, typer.Option("--mode", help="full, frozen-features (conv extractor frozen, as "
+                                      "ECG-FM) or linear (linear probing).")] = "full",
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random initial weights (baselines for "
+                                               "data-efficiency studies).")] = False,
+    no_pos_weight: Annotated[bool, typer.Option("--no-pos-weight", help="Plain BCE (no pos_weight).")] = False,
+    pu_prior_scale: Annotated[float, typer.Option("--pu-prior-scale", help="PU class prior = this x the "
+                                                  "observed positive rate.")] = 1.0,
+    fold_column: Annotated[Optional[str], typer.Option("--fold-column", help="Split by this column "
+                                                       "(e.g. strat_fold).")] = None,
+    val_folds: Annotated[Optional[str], typer.Option("--val-folds", help="Fold values for validation.")] = None,
+    test_folds: Annotated[Optional[str], typer.Option("--test-folds", help="Fold values held out for test.")] = None,
+    group_column: Annotated[Optional[str], typer.Option("--group-column", help="Group the random split by this "
+                                                        "column (default patient_id, else record_id).")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.0,
+    lead_augment: Annotated[bool, typer.Option("--lead-augment", help="Single-lead models: train on Lead I "
+                                               "rotated towards aVF (I cos t + aVF sin t).")] = False,
+    lead_augment_angles: Annotated[str, typer.Option("--lead-augment-angles", help="Rotation angles in "
+                                                     "degrees (each used with both signs).")] = "15,30,45",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    lr: Annotated[float, typer.Option("--lr")] = 5e-5,
+    betas: Annotated[str, typer.Option("--betas")] = "0.9,0.98",
+    eps: Annotated[float, typer.Option("--eps")] = 1e-8,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
+    patience: Annotated[int, typer.Option("--patience", help="Evaluations without a better validation "
+                                          "macro AUPRC before stopping.")] = 5,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Updates between evaluations "
+                                                      "(default: every epoch).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Checkpoints and train_log.jsonl "
+                                                    "(default: OUTPUT without suffix + '.run').")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 500,
+    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints")] = 2,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir exactly.")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    clip_norm: Annotated[float, typer.Option("--clip-norm")] = 0.0,
+    no_amp: Annotated[bool, typer.Option("--no-amp")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the run report (JSON) here.")] = None,
+    device: Device = "auto",
+) -> None:
+    """Finetune a model on a labelled record or segment table; keep the best by validation macro AUPRC.
+
+    Labels come from a label table joined by record_id (--labels-table) or
+    from label columns of the input (--labels); null means unobserved (the
+    label is masked out of the loss). Segments train one by one and are
+    scored per record (mean logit). The saved checkpoint carries the label
+    names, per-label thresholds chosen on validation and a temperature fitted
+    on validation. Under torchrun or srun the run uses DDP.
+
+    \b
+    Examples:
+      ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet -o ft.safetensors \\
+          --fold-column strat_fold --val-folds 9 --test-folds 10
+      ecgtool finetune seg.parquet -m ecgfm-small --from-scratch -l labels.parquet -o scratch.safetensors
+      ecgtool finetune rec.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
+      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --task multiclass -o af.safetensors
+    """
+    from ecgtool.cli.common import progress
+    from ecgtool.cli.pretrain import parse_floats
+    from ecgtool.train.finetune import FinetuneConfig, Finetuner
+    from ecgtool.train.loop import LoopConfig
+
+    try:
+        angles = tuple(float(a) for a in _list(lead_augment_angles))
+    except ValueError:
+        raise UsageError(f"--lead-augment-angles {lead_augment_angles!r}: expected numbers") from None
+    cfg = FinetuneConfig(task=task, mode=mode, labels=_list(labels) or None, pos_weight=not no_pos_weight,
+                         pu_prior_scale=pu_prior_scale, lr=lr, betas=parse_floats(betas, 2, "--betas"), eps=eps,
+                         weight_decay=weight_decay, batch_size=batch_size, fold_column=fold_column,
+                         val_folds=_list(val_folds), test_folds=_list(test_folds), group_column=group_column,
+                         val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,
+                         lead_augment_angles=angles)
+    if max_steps is None and max_epochs is None:
+        max_epochs = 10
+    rd = run_dir or output.with_name(output.stem + ".run")
+    loop = LoopConfig(out_dir=rd, max_steps=max_steps, max_epochs=max_epochs, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, seed=seed, resume=resume, eval_every=eval_every,
+                      patience=patience, clip_norm=clip_norm, amp=not no_amp)
+    loop.check()
+    cfg.check()
+    ft = Finetuner(src, model, output, labels=labels_table, cfg=cfg, loop=loop, device=device,
+                   from_scratch=from_scratch, run_dir=rd)
+    r = ft.report
+    if ft.dist.is_main:
+        log.info("finetune: %s, %s %s, %d labels; %d train / %d val / %d test rows (%s)", model, task, mode,
+                 len(ft.label_names), r["train_rows"], r["val_rows"], r["test_rows"], r["split"])
+    steps = ft.steps()
+    if ft.dist.is_main:
+        steps = progress(steps, total=ft.total_steps, desc="finetune", unit="step")
+    for _ in steps:
+        pass
+    result = ft.finish()
+    if ft.dist.is_main:
+        val = result["val"]
+        log.info("finetune: %d updates (best at step %s%s); validation macro AUPRC %.4f, macro AUROC %.4f; "
+                 "temperature %.3f; model written to %s", result["steps"], result["best_step"],
+                 ", stopped early" if result["stopped_early"] else "", val["macro_auprc"], val["macro_auroc"],
+                 result["temperature"], output)
+        if "test" in result:
+            log.info("finetune: test macro AUPRC %.4f, macro AUROC %.4f", result["test"]["macro_auprc"],
+                     result["test"]["macro_auroc"])
+        if report is not None:
+            report.write_text(json.dumps(result, indent=2, default=str))
