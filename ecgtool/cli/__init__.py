@@ -17,6 +17,7 @@ COMMANDS = [
     "predict",
     "probe",
     "pretrain",
+    "finetune",
 ]
 
 for _name in COMMANDS:
