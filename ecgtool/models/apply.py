@@ -187,9 +187,10 @@ def embed_table(
             if local:
                 cols["local"] = frames_column(list(flat["local"]))
             return cols
-        cols = {S.EMBEDDING: vector_column(np.stack([pool_windows(g, pool) for g in groups["embedding"]]))}
+        cols = {S.EMBEDDING: vector_column(np.stack([pool_windows(np.concatenate(g), pool)
+                                                     for g in groups["embedding"]]))}
         if local:
-            cols["local"] = frames_column([g.reshape(-1, g.shape[-1]) for g in groups["local"]])
+            cols["local"] = frames_column([np.concatenate(g).reshape(-1, g[0].shape[-1]) for g in groups["local"]])
         return cols
 
     return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
@@ -261,7 +262,7 @@ def predict_table(
         if flat is not None:
             p = flat["probs"]
         else:
-            p = np.stack([_aggregate(g, how, aggregate) for g in groups["probs"]])
+            p = np.stack([_aggregate(np.concatenate(g), how, aggregate) for g in groups["probs"]])
         return prediction_columns(p, names, thresholds, task)
 
     new = [pa.field(n, pa.float32()) for n in names] + [pa.field("findings", pa.list_(pa.string()))]

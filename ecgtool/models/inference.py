@@ -91,6 +91,7 @@ class Adapted:
     batch: pa.RecordBatch  # the input rows (signal dropped), one per row of ``x``'s first axis
     x: np.ndarray  # (rows, windows, leads, samples) float32
     valid: np.ndarray  # (rows,) bool: rows that could be used
+    display: np.ndarray | None = None  # like x, in mV (not normalised), when asked for and available
 
 
 def _is_preprocessed(meta: S.TableMeta) -> bool:
@@ -111,7 +112,7 @@ class Adapter:
     """Turns table batches into (rows, windows, leads, samples) model input."""
 
     def __init__(self, contract: InputContract, meta: S.TableMeta, errors: RecordErrors,
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, display: bool = False):
         self.contract = contract
         self.errors = errors
         self.shard = shard
@@ -127,12 +128,18 @@ class Adapter:
                     "preprocess the raw records to the model's contract",
                 )
             self.pre = None
+            self.display_pre = None
         else:
             from ecgtool.preprocess import Preprocessor, make_config
 
             if contract.preset is None:
                 raise UsageError("the model names no preprocessing preset; preprocess the table first")
-            self.pre = Preprocessor(make_config(preset=contract.preset, leads=list(contract.leads)), errors)
+            cfg = make_config(preset=contract.preset, leads=list(contract.leads))
+            self.pre = Preprocessor(cfg, errors)
+            # the same steps without normalisation: the signal in mV, for pictures
+            self.display_pre = (Preprocessor(make_config(preset=contract.preset, leads=list(contract.leads),
+                                                         normalisation="none"), RecordErrors("skip"))
+                                if display else None)
             self._note(f"applying preprocess preset {contract.preset!r} ({contract.describe()})")
 
     def _note(self, msg: str, warn: bool = False) -> None:
@@ -148,14 +155,20 @@ class Adapter:
                 if not keep:
                     continue
                 batch = batch.take(pa.array(keep, type=pa.int64()))
+            shown = None
             if self.pre is not None:
                 out = self.pre.process(batch)
+                if self.display_pre is not None:
+                    shown = self.display_pre.process(batch)
                 if out is None or out.num_rows == 0:
                     continue
                 batch = out
             if batch.num_rows == 0:
                 continue
-            yield self._adapt(batch)
+            ad = self._adapt(batch)
+            if shown is not None and shown.num_rows == batch.num_rows:
+                ad.display = self._adapt(shown).x
+            yield ad
 
     def _adapt(self, batch: pa.RecordBatch) -> Adapted:
         from ecgtool.signal.derive import apply_plan, lead_plan
@@ -251,10 +264,9 @@ class RecordGrouper:
     """Groups adjacent rows with the same ``record_id`` across batches.
 
     ``push(batch, values)`` takes the rows of one batch (signal dropped) and a
-    dict of per-row arrays (first axis = rows; each row may hold several
-    windows on its second axis); it returns the finished groups as a list of
-    ``(first_row_batch, {name: stacked windows of the whole record})``. Call
-    ``flush()`` at the end for the last group.
+    dict of per-row arrays (first axis = rows); it returns the finished groups
+    as a list of ``(first_row_batch, {name: [value of each row of the record]})``.
+    Call ``flush()`` at the end for the last group.
     """
 
     def __init__(self):
@@ -277,8 +289,7 @@ class RecordGrouper:
         return done
 
     def _take(self):
-        out = (self._pending_row, {k: np.concatenate([np.atleast_1d(a)[None] if a.ndim == 0 else a for a in v])
-                                   for k, v in self._pending_vals.items()})
+        out = (self._pending_row, self._pending_vals)
         self._pending_row, self._pending_id, self._pending_vals = None, None, {}
         return out
 

@@ -50,11 +50,7 @@ def _load_families() -> None:
     if _loaded:
         return
     for mod in FAMILY_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a family not installed in this tree yet
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True
 
 

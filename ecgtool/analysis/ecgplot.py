@@ -1,0 +1,121 @@
+"""ECGs on grid paper, coloured by saliency (matplotlib, Agg backend).
+
+The standard clinical layout for a 12-lead ECG: four columns of 2.5 s (I, II,
+III | aVR, aVL, aVF | V1–V3 | V4–V6) over a 10 s lead II rhythm strip, at
+25 mm/s and 10 mm/mV, on paper with 1 mm (0.04 s, 0.1 mV) and 5 mm
+(0.2 s, 0.5 mV) squares. Other lead sets or lengths are drawn one lead per row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LAYOUT = (("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))
+ROW_MV = 3.0  # height of one row in mV (30 mm)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(ax, width_s: float, height_mv: float) -> None:
+    minor = dict(color="#f4c7c3", linewidth=0.4, zorder=0)
+    major = dict(color="#e06666", linewidth=0.8, zorder=0)
+    for t in np.arange(0, width_s + 1e-9, 0.04):
+        ax.axvline(t, **(major if abs(t / 0.2 - round(t / 0.2)) < 1e-6 else minor))
+    for v in np.arange(0, height_mv + 1e-9, 0.1):
+        ax.axhline(v, **(major if abs(v / 0.5 - round(v / 0.5)) < 1e-6 else minor))
+    ax.set_xlim(0, width_s)
+    ax.set_ylim(0, height_mv)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _trace(ax, t: np.ndarray, y: np.ndarray, s: np.ndarray, cmap, norm, base: float):
+    from matplotlib.collections import LineCollection
+
+    y = np.clip(base + y - np.median(y), base - 0.8 * ROW_MV, base + 0.8 * ROW_MV)
+
+    pts = np.stack([t, y], axis=1)
+    segs = np.stack([pts[:-1], pts[1:]], axis=1)
+    lc = LineCollection(segs, cmap=cmap, norm=norm, linewidths=1.1, zorder=3)
+    lc.set_array(0.5 * (s[:-1] + s[1:]))
+    ax.add_collection(lc)
+    return lc
+
+
+def plot_saliency(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: Sequence[str],
+                  path: str | Path, title: str = "", subtitle: str = "", units: str = "mV") -> Path:
+    """Write a PNG of ``signal`` (leads, samples) coloured by ``saliency`` (same shape, 0..1)."""
+    plt = _plt()
+    from matplotlib.colors import Normalize
+
+    if units != "mV":  # a normalised signal: 1 SD drawn as 2 mm, so QRS complexes fit their row
+        signal = signal * 0.2
+
+    cmap = plt.get_cmap("coolwarm")
+    norm = Normalize(0.0, 1.0)
+    leads = list(leads)
+    n = signal.shape[-1]
+    seconds = n / fs
+    index = {name: i for i, name in enumerate(leads)}
+    standard = all(name in index for col in LAYOUT for name in col) and abs(seconds - 10.0) < 0.05
+    mm = 1 / 25.4
+    if standard:
+        width_s, rows = 10.0, 4
+        height = rows * ROW_MV
+        fig = plt.figure(figsize=(250 * mm * 1.2, height * 10 * mm * 1.2 + 1.0), dpi=110)
+        ax = fig.add_axes((0.02, 0.08, 0.96, 0.80))
+        _grid(ax, width_s, height)
+        quarter = int(round(2.5 * fs))
+        for c, col in enumerate(LAYOUT):
+            for r, name in enumerate(col):
+                i = index[name]
+                sl = slice(c * quarter, min(n, (c + 1) * quarter))
+                base = height - (r + 0.5) * ROW_MV
+                t = np.arange(sl.start, sl.stop) / fs
+                y = signal[i, sl]
+                _trace(ax, t, y, saliency[i, sl], cmap, norm, base)
+                ax.text(c * 2.5 + 0.05, base + 0.9, name, fontsize=9, fontweight="bold", zorder=4)
+            if c:
+                ax.plot([c * 2.5, c * 2.5], [ROW_MV * 1.0 + 0.2 * ROW_MV, height - 0.2], color="black",
+                        linewidth=0.8, zorder=4)
+        i = index["II"]
+        base = 0.5 * ROW_MV
+        y = signal[i]
+        _trace(ax, np.arange(n) / fs, y, saliency[i], cmap, norm, base)
+        ax.text(0.05, base + 0.9, "II", fontsize=9, fontweight="bold", zorder=4)
+    else:
+        width_s, rows = seconds, len(leads)
+        height = rows * ROW_MV
+        fig = plt.figure(figsize=(max(6.0, min(30.0, width_s * 25 * mm * 1.2)),
+                                  height * 10 * mm * 1.2 + 1.0), dpi=110)
+        ax = fig.add_axes((0.02, 0.08, 0.96, 0.80))
+        _grid(ax, width_s, height)
+        for r, name in enumerate(leads):
+            base = height - (r + 0.5) * ROW_MV
+            y = signal[r]
+            _trace(ax, np.arange(n) / fs, y, saliency[r], cmap, norm, base)
+            ax.text(0.05, base + 0.9, name, fontsize=9, fontweight="bold", zorder=4)
+    fig.suptitle(title, fontsize=12, fontweight="bold", y=0.985)
+    scale = "25 mm/s, " + ("10 mm/mV" if units == "mV" else f"{units} signal, 10 mm = 5 SD")
+    fig.text(0.02, 0.93, f"{subtitle}   {scale}", fontsize=8.5)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
+    cax = fig.add_axes((0.70, 0.03, 0.25, 0.018))
+    cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+    cb.set_label("saliency (low → high)", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,55 @@
+"""ecgtool saliency: where in the tracing the model looked."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ecgtool.cli.app import app
+from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat
+
+
+@app.command("saliency")
+def saliency(
+    src: Input = "-",
+    model: Model = None,
+    output: Output = "-",
+    output_format: OutputFormat = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="The label to explain (default: each record's most probable).")] = None,
+    method: Annotated[str, typer.Option("--method", help="auto (attention for transformers, else gradient), attention, or gradient (integrated gradients).")] = "auto",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Integrated-gradients steps.")] = 16,
+    png: Annotated[Optional[str], typer.Option("--png", help="Folder for one PNG per record (ECG grid paper, trace coloured by saliency).")] = None,
+    device: Device = "auto",
+    batch_size: BatchSize = 8,
+    on_error: OnError = None,
+) -> None:
+    """Saliency per lead for each record, as a table and as PNGs on ECG grid paper.
+
+    attention: the last layer's attention, head-averaged, maximum over keys,
+    stretched to the signal (as ECG-FM does; one trace for all leads).
+    gradient: integrated gradients of the label's logit (any model, the CNN
+    too; one trace per lead). Records longer than the model's window are
+    explained window by window and joined.
+
+    \b
+    Examples:
+      ecgtool saliency -m finetuned.safetensors seg.parquet --png figs/ -o sal.parquet
+      ecgtool saliency data/ptbxl/records500/00000/00001_hr.hea --label AF --png figs/ -o sal.parquet
+      ecgtool saliency -m ecgfounder.safetensors rec.parquet --method gradient --steps 32 --png figs/ -o sal.parquet
+    """
+    import sys
+
+    from ecgtool.analysis.saliency import saliency_table
+    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.cli.modelrun import open_input, open_model
+
+    errors = record_errors(on_error)
+    net, dev = open_model(model, device)
+    with open_input(src, batch_size) as reader:
+        rows = saliency_table(reader, output, net, device=dev, label=label, method=method, steps=steps,
+                              batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
+                              argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
+                                                              "saliency", count=lambda b: b.num_rows))
+    finish(errors, f"saliency for {rows} records" + (f"; PNGs in {png}" if png else ""))

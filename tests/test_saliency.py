@@ -1,0 +1,81 @@
+"""saliency: attention (ECG-FM, as the original) and integrated gradients (any model), tables and PNGs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ecgtool.analysis.saliency import attention_saliency, integrated_gradients, stretch
+from ecgtool.models.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def fixtures(reference_dir):
+    return reference_dir / "fixtures"
+
+
+def test_attention_saliency_follows_the_reference_recipe(fixtures):
+    """Last-layer head-averaged attention from the original code, max over keys, stretched."""
+    model = load_model(fixtures / "ecgfm" / "finetuned.pt")
+    ref = np.load(fixtures / "ecgfm" / "io.npz")
+    x = torch.from_numpy(ref["x"])
+    with torch.inference_mode():
+        s = attention_saliency(model, x).numpy()
+    expected = stretch(ref["ft_attn_last"].max(axis=2), x.shape[-1])
+    assert s.shape == (3, 2500)
+    np.testing.assert_allclose(s, expected, atol=1e-5)
+
+
+def test_integrated_gradients_completeness(fixtures):
+    """IG attributions sum to logit(x) - logit(0) (up to the Riemann error)."""
+    model = load_model(fixtures / "ecgfounder" / "12_lead_reduced.pth").double()
+    ref = np.load(fixtures / "ecgfounder" / "io.npz")
+    x = torch.from_numpy(ref["x"][:1]).double()
+    target = torch.tensor([3])
+    a = integrated_gradients(model, x, target, steps=32)
+    with torch.no_grad():
+        diff = (model.logits(x) - model.logits(torch.zeros_like(x))).gather(1, target[:, None])[:, 0]
+    np.testing.assert_allclose(a.sum(dim=(1, 2)).numpy(), diff.numpy(), rtol=0.05, atol=1e-3)
+
+
+def test_saliency_command_writes_table_and_pngs(cli, fixtures, tmp_path, data_dir):
+    ck = tmp_path / "ft.safetensors"
+    assert cli(["models", "import", fixtures / "ecgfm" / "finetuned.pt", "-o", ck]).exit_code == 0
+    heas = [data_dir / "ptbxl-500" / "records500" / "00000" / f"{i}_hr.hea" for i in ("00001", "00009")]
+    rec = tmp_path / "rec.parquet"
+    assert cli(["convert", *heas, "-o", rec]).exit_code == 0
+    out = tmp_path / "sal.parquet"
+    res = cli(["saliency", "-m", ck, rec, "--label", "label_2", "--png", tmp_path / "png", "-o", out])
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(out)
+    assert t.column("record_id").to_pylist() == ["00001_hr", "00009_hr"]
+    assert t.column("label").to_pylist() == ["label_2", "label_2"]
+    sal = np.array(t.column("saliency")[0].as_py())
+    sig = np.array(t.column("signal")[0].as_py())
+    assert sal.shape == sig.shape == (12, 5000)  # two 5 s windows joined
+    assert sal.min() == 0.0 and sal.max() == 1.0
+    assert np.allclose(sal[0], sal[5])  # attention: one trace for all leads
+    # the picture shows the signal in mV (raw input): PTB-XL amplitudes are a few mV at most
+    assert np.abs(sig).max() < 10
+    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert pngs == ["00001_hr.png", "00009_hr.png"]
+    assert (tmp_path / "png" / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gradient_saliency_on_the_cnn_is_per_lead(cli, fixtures, tmp_path, data_dir):
+    ck = tmp_path / "f.safetensors"
+    assert cli(["models", "import", fixtures / "ecgfounder" / "12_lead_reduced.pth", "-o", ck]).exit_code == 0
+    hea = data_dir / "ptbxl-500" / "records500" / "00000" / "00017_hr.hea"
+    out = tmp_path / "s.parquet"
+    res = cli(["saliency", "-m", ck, hea, "--steps", "4", "-o", out])
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(out)
+    assert t.column("method").to_pylist() == ["gradient"]
+    sal = np.array(t.column("saliency")[0].as_py())
+    assert sal.shape == (12, 5000) and not np.allclose(sal[0], sal[7])
+    res = cli(["saliency", "-m", ck, hea, "--method", "attention", "-o", out])
+    assert res.exit_code == 2 and "no attention" in res.output
+    res = cli(["saliency", "-m", ck, hea, "--label", "AFIB", "-o", out])
+    assert res.exit_code == 2 and "unknown label" in res.output
