@@ -409,3 +409,43 @@ def test_pipe_convert_to_label(tmp_path, data_dir):
         row = df[df.record_id.str.contains(rec.record_name)].iloc[0]
         assert row["STach"] == int("427084000" in dx)
         assert row["NSR"] == int("426783006" in dx)
+
+
+def test_cli_list_report_only_and_errors(tmp_path, cli, cinc2021_rows):
+    res = cli(["label", "--list-vocabs"])
+    assert res.exit_code == 0
+    names = [ln.split("\t")[0] for ln in res.output.splitlines()]
+    assert {"snomed", "ptbxl-superclass", "cinc2017", "ecgfm-17", "ecgfounder-150", "concepts"} <= set(names)
+    src = _write(tmp_path / "c21.parquet", cinc2021_rows)
+    rep = tmp_path / "r.json"
+    res = cli(["label", src, "--report-only", "--report", rep])
+    assert res.exit_code == 0 and res.stdout_bytes == b""
+    d = json.loads(rep.read_text())
+    assert d["vocabulary"] == "snomed" and d["records"] == 50
+    res = cli(["label", src, "--vocab", "no-such-vocab", "-o", tmp_path / "x.parquet"])
+    assert res.exit_code == 2 and "unknown vocabulary" in res.output
+    assert not (tmp_path / "x.parquet").exists()
+    res = cli(["label", src, "--text-column", "nope", "-o", tmp_path / "x.parquet"])
+    assert res.exit_code == 2 and "no column 'nope'" in res.output
+
+
+def test_pipe_convert_join_cinc2017(tmp_path, data_dir):
+    if not _has_command("convert"):
+        pytest.skip("ecgtool convert is not registered in this checkout")
+    base = data_dir / "cinc2017"
+    recs = sorted(base.glob("A0000*.hea"))[:8]
+    conv = subprocess.Popen([sys.executable, "-m", "ecgtool", "convert", *map(str, recs), "--join",
+                             str(base / "REFERENCE.csv"), "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = tmp_path / "c17.parquet"
+    lab = subprocess.run([sys.executable, "-m", "ecgtool", "label", "-", "--class-column", "label", "-o", str(out)],
+                         stdin=conv.stdout, capture_output=True, text=True)
+    conv.stdout.close()
+    conv.wait()
+    assert lab.returncode == 0, lab.stderr
+    df = pq.read_table(out).to_pandas()
+    ref = dict(pd.read_csv(base / "REFERENCE.csv", header=None, dtype=str).values)
+    names = {"N": "normal", "A": "AF", "O": "other rhythm", "~": "noisy"}
+    assert len(df) == len(recs)
+    for _, row in df.iterrows():
+        rec = Path(row["record_id"]).name
+        assert row[names[ref[rec]]] == 1 and row[list(names.values())].sum() == 1
