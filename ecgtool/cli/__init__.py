@@ -15,6 +15,7 @@ COMMANDS = [
     "label",
     "embed",
     "predict",
+    "saliency",
     "probe",
     "pretrain",
     "finetune",
