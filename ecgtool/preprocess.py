@@ -60,6 +60,7 @@ class PreprocessConfig:
     """All settings of one preprocess run (stored in the output's metadata)."""
 
     preset: str | None = None
+    rename: list[str] | None = None  # "OLD=NEW" lead renames applied before lead selection
     leads: list[str] | None = None
     derive: bool = True
     missing: str = "zero"
@@ -118,6 +119,7 @@ class PreprocessConfig:
             raise UsageError(f"--bandpass needs 0 < LOW < HIGH, not {self.bandpass[0]},{self.bandpass[1]}")
         if self.leads is not None and len(set(self.leads)) != len(self.leads):
             raise UsageError(f"--leads names a lead twice: {','.join(self.leads)}")
+        rename_map(self.rename)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +127,19 @@ class PreprocessConfig:
         if d["bandpass"] is not None:
             d["bandpass"] = list(d["bandpass"])
         return d
+
+
+def rename_map(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``["ECG=I", ...]`` -> ``{"ECG": "I"}`` with both sides in canonical lead spelling."""
+    from ecgtool.signal.leads import normalize_lead
+
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        old, sep, new = str(pair).partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise UsageError(f"--rename {pair!r} is not OLD=NEW", "e.g. --rename ECG=I")
+        out[normalize_lead(old.strip())] = normalize_lead(new.strip())
+    return out
 
 
 # Published pipelines (docs/preprocessing.md walks through them step by step).
@@ -137,6 +152,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         normalisation="per-lead-zscore",
         norm_scope="record",
         segment_s=5.0,
+    ),
+    # The input of ecgtool's own default model (ecgtool-default): 100 Hz, 12
+    # leads (missing ones zero-filled), per-lead z-score over the record, 5 s
+    # windows; a record shorter than 5 s is zero-padded to one window.
+    "ecgtool-default": dict(
+        leads=list(STANDARD_12),
+        missing="zero",
+        fs=100.0,
+        resample_method="poly",
+        normalisation="per-lead-zscore",
+        norm_scope="record",
+        segment_s=5.0,
+        short="pad",
     ),
     "ecgfounder": dict(
         leads=list(STANDARD_12),
@@ -246,6 +274,8 @@ class Preprocessor:
         self.leads: list[str] | None = list(config.leads) if config.leads else None
         self.n_samples: int | None = None
         self._plans: dict[tuple, list] = {}
+        self._names: dict[tuple, tuple] = {}
+        self._rename = rename_map(config.rename)
         self._sos: dict[float, list] = {}
         self.limits = Q.QualityLimits(config.flat_mv, config.clip_ms, config.clip_plateaus, config.amplitude_mv)
         self.records_in = 0
@@ -355,7 +385,12 @@ class Preprocessor:
             if fs <= 0:
                 self._fail(rid, f"sampling rate {fs_in[i]} is not a positive number")
                 continue
-            names = tuple(normalize_leads(leads_in[i] or []))
+            raw = tuple(leads_in[i] or ())
+            names = self._names.get(raw)
+            if names is None:
+                names = self._names[raw] = tuple(normalize_leads(raw))
+            if self._rename:
+                names = tuple(self._rename.get(n, n) for n in names)
             if len(names) != x.shape[0]:
                 self._fail(rid, f"{len(names)} lead names for {x.shape[0]} leads")
                 continue
@@ -390,7 +425,10 @@ class Preprocessor:
         out_mask: list[np.ndarray] = []
         out_q: list[dict] = []
         for (fs, _t, names), idx in groups.items():
-            stack = np.stack([rows[i] for i in idx]) if len(idx) > 1 else rows[idx[0]][None]
+            if fixed is not None and len(idx) == n:
+                stack = fixed
+            else:
+                stack = np.stack([rows[i] for i in idx]) if len(idx) > 1 else rows[idx[0]][None]
             stack, mask = apply_plan(stack, self._plans[names])
             res = self._process_group(stack, mask, fs, [ids[i] for i in idx], names)
             if res is None:
@@ -408,10 +446,12 @@ class Preprocessor:
         idx = np.concatenate(out_idx)
         seg = np.concatenate(out_seg)
         order = np.lexsort((seg, idx))
-        idx, seg = idx[order], seg[order]
-        sig = np.concatenate(out_sig)[order] if len(out_sig) > 1 else out_sig[0][order]
-        mask = np.concatenate(out_mask)[order]
-        qcols = {c: np.concatenate([q[c] for q in out_q])[order] for c in QUALITY_COLUMNS}
+        sig = np.concatenate(out_sig) if len(out_sig) > 1 else out_sig[0]
+        mask = np.concatenate(out_mask)
+        qcols = {c: np.concatenate([q[c] for q in out_q]) for c in QUALITY_COLUMNS}
+        if not np.array_equal(order, np.arange(len(order))):  # rows back in input order
+            idx, seg, sig, mask = idx[order], seg[order], sig[order], mask[order]
+            qcols = {c: v[order] for c, v in qcols.items()}
         self.rows_out += len(idx)
         self.records_out += len(np.unique(idx))
         return self._assemble(batch, idx, seg, sig, mask, qcols)
@@ -573,30 +613,47 @@ def preprocess_table(
 
     ``batches`` may wrap the reader (e.g. with a progress bar). The writer opens
     with the first output batch (the output's shape is known then); a run that
-    yields nothing still writes an empty table. Returns the
-    :class:`Preprocessor` (counts, targets).
+    yields nothing still writes an empty table. Encoding and writing run in a
+    background thread, at most two batches behind, so that they overlap with
+    the signal processing (memory stays bounded by the batch size). Returns
+    the :class:`Preprocessor` (counts, targets).
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from ecgtool.io.stream import TableWriter
 
     pre = Preprocessor(config, errors)
     writer = None
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgtool-write")
+
+    def open_writer():
+        schema = pre.output_schema(reader.schema)
+        meta = pre.output_meta(reader.meta).add_step(argv)
+        return TableWriter(dest, schema, meta, fmt=fmt)
+
     try:
         for batch in batches if batches is not None else reader:
             out = pre.process(batch)
             if out is None:
                 continue
             if writer is None:
-                schema = pre.output_schema(reader.schema)
-                meta = pre.output_meta(reader.meta).add_step(argv)
-                writer = TableWriter(dest, schema, meta, fmt=fmt)
-            writer.write(out)
+                writer = open_writer()
+            pending.append(pool.submit(writer.write, out))
+            while len(pending) > 2:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
         if writer is None:
-            schema = pre.output_schema(reader.schema)
-            meta = pre.output_meta(reader.meta).add_step(argv)
-            writer = TableWriter(dest, schema, meta, fmt=fmt)
+            writer = open_writer()
         writer.close()
     except BaseException:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)
         if writer is not None:
             writer.abort()
         raise
+    pool.shutdown(wait=True)
     return pre

@@ -13,7 +13,13 @@ All functions accept (..., samples) arrays and filter every row at once.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal as _sig
+
+
+def _scipy_signal():
+    # scipy.signal takes about a second to import: only load it when filtering
+    from scipy import signal
+
+    return signal
 
 
 def _nyquist_check(fs: float, *freqs: float) -> None:
@@ -24,23 +30,23 @@ def _nyquist_check(fs: float, *freqs: float) -> None:
 
 def bandpass_sos(fs: float, low: float, high: float, order: int = 4) -> np.ndarray:
     _nyquist_check(fs, low, high)
-    return _sig.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
+    return _scipy_signal().butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
 
 
 def highpass_sos(fs: float, cutoff: float, order: int = 4) -> np.ndarray:
     _nyquist_check(fs, cutoff)
-    return _sig.butter(order, cutoff, btype="highpass", fs=fs, output="sos")
+    return _scipy_signal().butter(order, cutoff, btype="highpass", fs=fs, output="sos")
 
 
 def lowpass_sos(fs: float, cutoff: float, order: int = 4) -> np.ndarray:
     _nyquist_check(fs, cutoff)
-    return _sig.butter(order, cutoff, btype="lowpass", fs=fs, output="sos")
+    return _scipy_signal().butter(order, cutoff, btype="lowpass", fs=fs, output="sos")
 
 
 def notch_sos(fs: float, freq: float, q: float = 30.0) -> np.ndarray:
     _nyquist_check(fs, freq)
-    b, a = _sig.iirnotch(freq, q, fs=fs)
-    return _sig.tf2sos(b, a)
+    b, a = _scipy_signal().iirnotch(freq, q, fs=fs)
+    return _scipy_signal().tf2sos(b, a)
 
 
 def _padlen(sos: np.ndarray) -> int:
@@ -56,7 +62,7 @@ def filtfilt(x: np.ndarray, sos: np.ndarray) -> np.ndarray:
     padlen = min(_padlen(sos), max(n - 1, 0))
     if n < 2:
         return np.array(x, dtype=np.float64)
-    return _sig.sosfiltfilt(sos, x, axis=-1, padlen=padlen)
+    return _scipy_signal().sosfiltfilt(sos, x, axis=-1, padlen=padlen)
 
 
 def bandpass(x: np.ndarray, fs: float, low: float, high: float, order: int = 4) -> np.ndarray:

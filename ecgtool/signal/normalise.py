@@ -7,8 +7,7 @@
   together, as ECGFounder does. A constant record becomes 0.
 * ``none``: unchanged.
 
-Statistics are accumulated in float64 whatever the input dtype; results are
-float64 (the caller casts to float32 at the end of its pipeline).
+Statistics are accumulated in float64 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -18,17 +17,28 @@ import numpy as np
 METHODS = ("per-lead-zscore", "record-zscore", "none")
 
 
+CONSTANT_STD = 1e-9
+
+
 def per_lead_zscore(x: np.ndarray) -> np.ndarray:
-    """(..., leads, samples): z-score each lead; constant leads -> 0."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    std = np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True))
-    constant = (x.max(axis=-1, keepdims=True) == x.min(axis=-1, keepdims=True)) | (std == 0)
-    out = centred / np.where(constant, 1.0, std)
-    if constant.any():
-        out = np.where(constant, 0.0, out)
-    return out
+    """(..., leads, samples): z-score each lead; constant leads -> 0.
+
+    Mean and variance are accumulated in float64; the arithmetic on the
+    samples stays in the input's dtype (float32 input -> float32 output,
+    within 1e-6 of a float64 computation for ECG amplitudes). A lead whose
+    std is at most ``CONSTANT_STD`` counts as constant.
+    """
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
+    centred = x - mean.astype(x.dtype)
+    var = np.einsum("...t,...t->...", centred, centred, dtype=np.float64)[..., None] / max(x.shape[-1], 1)
+    std = np.sqrt(var)
+    constant = std <= CONSTANT_STD
+    scale = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, std)).astype(x.dtype)
+    centred *= scale
+    return centred
 
 
 def record_zscore(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

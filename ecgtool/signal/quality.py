@@ -75,8 +75,15 @@ def quality_flags(
     ptp = hi - lo
     flat = m & (ptp < limits.flat_mv)
     k = max(3, int(round(limits.clip_ms * fs / 1000.0)))
-    plateaus = _plateaus(x == hi[..., None], k) + _plateaus(x == lo[..., None], k)
-    clipped = m & ~flat & (plateaus >= limits.clip_plateaus)
+    at_hi = x == hi[..., None]
+    at_lo = x == lo[..., None]
+    # only leads with enough samples at a rail can have enough plateaus
+    need = k * limits.clip_plateaus
+    cand = m & ~flat & ((at_hi.sum(axis=-1) >= need) | (at_lo.sum(axis=-1) >= need))
+    clipped = np.zeros(lead_shape, dtype=bool)
+    if cand.any():
+        plateaus = _plateaus(at_hi[cand], k) + _plateaus(at_lo[cand], k)
+        clipped[cand] = plateaus >= limits.clip_plateaus
     amp = m & (ptp > limits.amplitude_mv)
     return {
         "q_nan": n_nan.astype(np.int64),

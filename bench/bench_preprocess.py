@@ -1,0 +1,276 @@
+"""Benchmark: ``ecgtool preprocess --preset ecg-fm`` against a per-record reference.
+
+1. Speed. Input: the PTB-XL records500 record table (made by ``ecgtool
+   convert`` when that command exists, else from ``wfdb.rdrecord`` through
+   ``ecgtool.io.records_batch``). Baseline: a straightforward per-record loop
+   in the style of fairseq-signals' preprocessing script — reorder leads,
+   ``interp1d`` resample to 500 Hz (a no-op for this table), per-lead z-score
+   over the record with constant leads -> 0, slice 5 s windows, one
+   ``scipy.io.savemat`` per segment into a temporary folder. Both run as
+   separate processes on the same input, interleaved, ``--runs`` times; the
+   medians and their ratio are printed. ecgtool is timed writing Parquet (the
+   on-disk default) and the Arrow IPC stream (the pipe format).
+2. Memory (needs ``ecgtool convert``): peak resident memory of
+   ``convert | preprocess`` over all of ``../shared/data/cinc2017`` and over
+   every tenth record of it, measured for each process with ``/usr/bin/time``;
+   the sum of the two peaks bounds the pipe's peak.
+
+Results are appended to bench/RESULTS.md under ``## preprocess``.
+
+    python bench/bench_preprocess.py [--runs 3] [--no-memory] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ECGTOOL_SHARED", ROOT.parent / "shared")) / "data"
+ORDER = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+PY = [sys.executable, "-m", "ecgtool", "-q"]
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def reference(src: str, out_dir: str) -> int:
+    """Per-record preprocessing as the published script does it; returns the number of segments."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from scipy.interpolate import interp1d
+    from scipy.io import savemat
+
+    from ecgtool.io.schema import row_signal
+
+    fs_out, seg_len, n = 500, 2500, 0
+    pf = pq.ParquetFile(src)
+    for batch in pf.iter_batches(batch_size=64, columns=["record_id", "fs", "leads", "signal"]):
+        ids = batch.column(0).to_pylist()
+        rates = batch.column(1).to_pylist()
+        leads = batch.column(2).to_pylist()
+        col = batch.column(3)
+        for i in range(batch.num_rows):
+            feats = row_signal(col, i).astype(np.float64)
+            names = [s.upper() for s in leads[i]]
+            feats = feats[[names.index(o.upper()) for o in ORDER]]
+            if rates[i] != fs_out:
+                m = int(feats.shape[-1] * (fs_out / rates[i]))
+                feats = interp1d(np.linspace(0, m - 1, feats.shape[-1]), feats, kind="linear")(np.arange(m))
+            mean = feats.mean(axis=1, keepdims=True)
+            feats = feats - mean
+            std = feats.std(axis=1, keepdims=True)
+            zero = std == 0
+            feats = feats / np.where(zero, 1, std)
+            feats[np.broadcast_to(zero, feats.shape)] = 0
+            for s in range(feats.shape[-1] // seg_len):
+                savemat(
+                    os.path.join(out_dir, f"{ids[i]}_{s}.mat"),
+                    {"feats": feats[:, s * seg_len : (s + 1) * seg_len], "curr_sample_rate": fs_out,
+                     "idx": n, "mean": mean, "std": std, "segment_i": s},
+                )
+                n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def has_convert() -> bool:
+    r = subprocess.run(PY + ["convert", "--help"], capture_output=True)
+    return r.returncode == 0
+
+
+def build_table(dest: Path) -> str:
+    src = DATA / "ptbxl-500" / "records500"
+    if has_convert():
+        subprocess.run(PY + ["convert", str(src), "-o", str(dest)], check=True)
+        return "ecgtool convert"
+    import glob
+
+    import numpy as np
+    import wfdb
+
+    from ecgtool.io import TableMeta, TableWriter, records_batch
+
+    rows, writer = [], None
+    for hea in sorted(glob.glob(str(src / "**" / "*.hea"), recursive=True)):
+        r = wfdb.rdrecord(hea[:-4])
+        rows.append({"record_id": Path(hea).stem, "fs": float(r.fs), "leads": list(r.sig_name),
+                     "signal": np.ascontiguousarray(r.p_signal.T, dtype=np.float32)})
+        if len(rows) == 64:
+            b = records_batch(rows)
+            writer = writer or TableWriter(dest, b.schema, TableMeta())
+            writer.write(b)
+            rows = []
+    if rows:
+        b = records_batch(rows)
+        writer = writer or TableWriter(dest, b.schema, TableMeta())
+        writer.write(b)
+    writer.close()
+    return "wfdb.rdrecord + ecgtool.io.records_batch"
+
+
+def timed(cmd: list[str], **kw) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of one child process."""
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def speed(table: Path, runs: int, tmp: Path) -> dict:
+    times: dict[str, list[float]] = {"reference": [], "parquet": [], "arrow": []}
+    cpu: dict[str, list[float]] = {"reference": [], "parquet": [], "arrow": []}
+    n_seg = None
+    for _ in range(runs):
+        out = tmp / "ref"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        w, c = timed([sys.executable, __file__, "--reference", str(table), str(out)])
+        times["reference"].append(w)
+        cpu["reference"].append(c)
+        n_seg = len(os.listdir(out))
+        shutil.rmtree(out)
+        for fmt in ("parquet", "arrow"):
+            dest = tmp / f"seg.{fmt}"
+            w, c = timed(PY + ["preprocess", "--preset", "ecg-fm", str(table), "-o", str(dest)])
+            times[fmt].append(w)
+            cpu[fmt].append(c)
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(tmp / "seg.parquet").metadata.num_rows
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return {"times": times, "median": med, "cpu": cpu, "median_cpu": med_cpu,
+            "segments_reference": n_seg, "segments_ecgtool": rows}
+
+
+def peak_kb(path: Path) -> int:
+    return int(path.read_text().strip().splitlines()[-1])
+
+
+def memory(tmp: Path) -> dict:
+    folder = DATA / "cinc2017"
+    heas = sorted(str(p) for p in folder.glob("*.hea"))
+    res = {}
+    for label, paths in (("all", None), ("tenth", heas[::10])):
+        a, b = tmp / f"conv_{label}.txt", tmp / f"pre_{label}.txt"
+        conv = ["/usr/bin/time", "-f", "%M", "-o", str(a)] + PY + ["convert", str(folder) if paths is None else "-",
+                                                                     "-o", "-"]
+        pre = ["/usr/bin/time", "-f", "%M", "-o", str(b)] + PY + [
+            "preprocess", "--preset", "ecg-fm", "--leads", "ECG", "--on-error", "skip", "-", "-o",
+            str(tmp / f"mem_{label}.parquet")]
+        t = time.perf_counter()
+        p1 = subprocess.Popen(conv, stdin=subprocess.PIPE if paths else subprocess.DEVNULL, stdout=subprocess.PIPE)
+        p2 = subprocess.Popen(pre, stdin=p1.stdout)
+        p1.stdout.close()
+        if paths:
+            p1.stdin.write(("\n".join(paths) + "\n").encode())
+            p1.stdin.close()
+        rc2 = p2.wait()
+        rc1 = p1.wait()
+        import pyarrow.parquet as pq
+
+        res[label] = {
+            "records": len(heas) if paths is None else len(paths),
+            "rc": (rc1, rc2),
+            "seconds": time.perf_counter() - t,
+            "convert_kb": peak_kb(a),
+            "preprocess_kb": peak_kb(b),
+            "segments": pq.ParquetFile(tmp / f"mem_{label}.parquet").metadata.num_rows,
+        }
+        res[label]["sum_kb"] = res[label]["convert_kb"] + res[label]["preprocess_kb"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    ap.add_argument("--reference", nargs=2, metavar=("TABLE", "OUT_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.reference:
+        reference(*args.reference)
+        return
+    if not DATA.exists():
+        sys.exit(f"{DATA} is not here")
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="ecgtool-bench-") as tmpd:
+        tmp = Path(tmpd)
+        table = tmp / "ptbxl500.parquet"
+        made_by = build_table(table)
+        s = speed(table, args.runs, tmp)
+        m = s["median"]
+        lines.append(f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+                     f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        lines.append("")
+        lines.append(f"Input: PTB-XL records500, 500 records x 12 leads x 10 s, Parquet table made by {made_by}. "
+                     f"Median of {args.runs} interleaved runs, each a fresh process (interpreter start included).")
+        lines.append("")
+        mc = s["median_cpu"]
+        lines.append("| run | median wall s (all runs) | median CPU s (all runs) | segments | speed-up, wall | speed-up, CPU |")
+        lines.append("|---|---|---|---|---|---|")
+
+        def row(name, key, n):
+            return (f"| {name} | {m[key]:.2f} ({', '.join(f'{t:.2f}' for t in s['times'][key])}) | "
+                    f"{mc[key]:.2f} ({', '.join(f'{t:.2f}' for t in s['cpu'][key])}) | {n} | "
+                    f"{m['reference'] / m[key]:.1f}x | {mc['reference'] / mc[key]:.1f}x |")
+
+        lines.append(row("reference: per record interp1d + per-lead z-score + 5 s slices + savemat per segment",
+                         "reference", s["segments_reference"]))
+        for fmt in ("parquet", "arrow"):
+            lines.append(row(f"`ecgtool preprocess --preset ecg-fm -o seg.{fmt}`", fmt, s["segments_ecgtool"]))
+        lines.append("")
+        if not args.no_memory:
+            if has_convert():
+                mem = memory(tmp)
+                lines.append("Peak resident memory, `ecgtool convert DIR -o - | ecgtool preprocess --preset ecg-fm "
+                             "--leads ECG --on-error skip - -o mem.parquet` over ../shared/data/cinc2017 "
+                             "(300 Hz single lead, 9-61 s), `/usr/bin/time -f %M` per process:")
+                lines.append("")
+                lines.append("| input | records | segments | convert MiB | preprocess MiB | sum MiB | seconds | exit codes |")
+                lines.append("|---|---|---|---|---|---|---|---|")
+                for label in ("tenth", "all"):
+                    r = mem[label]
+                    lines.append(f"| {label} | {r['records']} | {r['segments']} | {r['convert_kb'] / 1024:.0f} | "
+                                 f"{r['preprocess_kb'] / 1024:.0f} | {r['sum_kb'] / 1024:.0f} | {r['seconds']:.1f} | "
+                                 f"{r['rc'][0]}, {r['rc'][1]} |")
+                ratio = mem["all"]["sum_kb"] / mem["tenth"]["sum_kb"]
+                lines.append("")
+                lines.append(f"All / tenth (sum of peaks): {ratio:.2f}x (limit 1.5x); all: "
+                             f"{mem['all']['sum_kb'] / 1024:.0f} MiB (limit 1024 MiB).")
+            else:
+                lines.append("Memory: not measured (`ecgtool convert` is not in this build).")
+            lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        results = ROOT / "bench" / "RESULTS.md"
+        existing = results.read_text() if results.exists() else "# Benchmark results\n"
+        if "## preprocess" not in existing:
+            existing = existing.rstrip("\n") + "\n\n## preprocess\n\n" + \
+                "Reproduce: `python bench/bench_preprocess.py` (see its docstring for what is compared).\n"
+        head, _, tail = existing.partition("## preprocess")
+        # new results go at the end of this section, before the next "## " heading
+        body, sep, rest = tail.partition("\n## ")
+        body = body.rstrip("\n") + "\n\n" + text + "\n"
+        results.write_text(head + "## preprocess" + body + (("\n## " + rest) if sep else ""))
+
+
+if __name__ == "__main__":
+    main()
