@@ -404,7 +404,9 @@ class TableWriter:
             fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
             self._fh = os.fdopen(fd, "wb")
         if self.format == "parquet":
-            self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression)
+            # dictionary encoding never pays off for sample values and costs ~30% of the write time
+            dict_cols = [f.name for f in self.schema if f.name not in (S.SIGNAL, S.EMBEDDING)]
+            self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression, use_dictionary=dict_cols)
         elif self.format == "arrow":
             self._w = ipc.new_stream(self._fh, self.schema)
         else:
