@@ -297,7 +297,13 @@ class Finetuner:
 
         # model
         torch.manual_seed(loop.seed)
-        base = load_model(model, allow_random=from_scratch)
+        try:
+            base = load_model(model, allow_random=from_scratch)
+        except CheckpointError as exc:
+            if "registry" in exc.message:
+                raise CheckpointError(exc.message, "pass a trained checkpoint with -m, or add --from-scratch "
+                                      "to train this architecture from random weights (a baseline)") from None
+            raise
         self.model_spec = model
         self.model, fresh = classifier_from(base, names, from_scratch=from_scratch)
         self.report["fresh_tensors"] = len(fresh)
