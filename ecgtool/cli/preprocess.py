@@ -18,6 +18,7 @@ log = logging.getLogger("ecgtool")
 class Preset(str, Enum):
     ecg_fm = "ecg-fm"
     ecgfounder = "ecgfounder"
+    ecgtool_default = "ecgtool-default"
 
 
 def _opt(*names: str, help: str, **kw):
@@ -42,6 +43,7 @@ def preprocess(
     output: Output = "-",
     output_format: OutputFormat = None,
     preset: Annotated[Optional[Preset], _opt("--preset", help="A published pipeline (other options override its values).")] = None,
+    rename: Annotated[Optional[list[str]], _opt("--rename", help="Rename a lead before selection, OLD=NEW (repeatable), e.g. ECG=I for CinC 2017's AliveCor lead I.")] = None,
     leads: Annotated[Optional[str], _opt("--leads", help="Output leads in order: '12', 'I,II,V1', 'limb', ... (default: the first record's).")] = None,
     derive: Annotated[Optional[bool], typer.Option("--derive/--no-derive", help="Derive III, aVR, aVL, aVF from I and II when absent (default on).")] = None,
     missing: Annotated[Optional[str], _opt("--missing", help="Leads a record lacks: zero (zero-fill, lead_mask False) or drop (drop the record).")] = None,
@@ -63,6 +65,7 @@ def preprocess(
     short: Annotated[Optional[str], _opt("--short", help="Records shorter than one window: skip (a per-record error) or pad (zero-pad to one window).")] = None,
     nan: Annotated[Optional[str], _opt("--nan", help="NaN samples (always flagged in q_nan): zero (replace by 0) or drop the record.")] = None,
     drop_flagged: Annotated[Optional[str], _opt("--drop-flagged", help="Drop records with these quality flags: nan,flat,clipping,amplitude or all.")] = None,
+    precision: Annotated[Optional[str], _opt("--precision", help="Round output samples to float16 or bfloat16 precision (still stored as float32; compresses to about half / 40%). Default float32.")] = None,
     batch_size: BatchSize = 64,
     on_error: OnError = None,
 ) -> None:
@@ -109,6 +112,7 @@ def preprocess(
     cfg = make_config(
         preset.value if preset is not None else None,
         filter=filter_set,
+        rename=rename or None,
         leads=leads,
         derive=derive,
         missing=missing,
@@ -129,6 +133,7 @@ def preprocess(
         short=short,
         nan=nan,
         drop_flagged=flags,
+        precision=precision,
     )
     errors = record_errors(on_error)
     with open_table(src, batch_size=batch_size) as reader:
