@@ -68,6 +68,8 @@ def main() -> None:
         "wfdb.rdrecord loop (baseline, writes nothing)": lambda: rdrecord_loop(records),
         f"convert -> Parquet, library, {args.workers} workers": lambda: convert([str(folder)], str(out_pq),
                                                                              workers=args.workers, argv=["bench"]),
+        "convert -> Parquet, library, 1 process": lambda: convert([str(folder)], str(out_pq), workers=1,
+                                                                  argv=["bench"]),
         f"ecgtool convert -> Parquet, command, -j {args.workers}": lambda: subprocess.run(cmd, check=True),
         f"convert -> Arrow IPC, library, {args.workers} workers": lambda: convert([str(folder)], str(out_arrow),
                                                                                workers=args.workers, argv=["bench"]),
@@ -81,7 +83,7 @@ def main() -> None:
     base = statistics.median(times[next(iter(runs))])
     lines = [
         f"{n} records from {folder} ({dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, "
-        f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}, Python {platform.python_version()}); "
+        f"{len(os.sched_getaffinity(0))} CPUs usable, load average before: {os.getloadavg()[0]:.1f}, Python {platform.python_version()}); "
         f"medians of {args.repeats} interleaved runs",
         "",
         "| run | median s | records/s | × baseline |",

@@ -234,6 +234,94 @@ class ChunkResult:
     warnings: list[str]
     unknown_leads: dict[str, list]  # lead name -> [first record id carrying it, number of records]
     fatal: tuple[str, str, str | None, int] | None = None  # (class name, message, hint, exit code)
+    spool: str | None = None  # Arrow IPC file holding the batches (from a worker process)
+
+    def spill(self, folder: str) -> "ChunkResult":
+        """Move the batches into an Arrow IPC file in ``folder`` (cheaper to hand over than pickling)."""
+        if not self.batches:
+            return self
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="ecgtool-convert-", suffix=".arrow", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh, pa.ipc.new_file(fh, self.batches[0].schema) as w:
+                for b in self.batches:
+                    w.write_batch(b)
+        except BaseException:
+            os.unlink(path)
+            raise
+        self.batches, self.spool = [], path
+        return self
+
+    def load(self) -> "ChunkResult":
+        """Map the spooled batches back (zero-copy) and remove the file."""
+        if self.spool:
+            path, self.spool = self.spool, None
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(path))
+                self.batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            finally:
+                os.unlink(path)
+        return self
+
+    def discard(self) -> None:
+        if self.spool and os.path.exists(self.spool):
+            os.unlink(self.spool)
+        self.spool = None
+
+
+# Columns are built from buffers: pyarrow's pa.array() on Python or numpy data imports pandas
+# (about a second in every worker process), which a convert run does not otherwise need.
+
+
+def _validity(valid: np.ndarray):
+    if valid.all():
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), int((~valid).sum())
+
+
+def _numeric(values: np.ndarray, type_: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+    vbuf, nulls = _validity(valid) if valid is not None else (None, 0)
+    return pa.Array.from_buffers(type_, len(values), [vbuf, pa.py_buffer(np.ascontiguousarray(values))],
+                                 null_count=nulls)
+
+
+def _strings(values: Sequence[str | None]) -> pa.Array:
+    valid = np.array([v is not None for v in values], dtype=bool)
+    data = [v.encode("utf-8") if v is not None else b"" for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    if data:
+        np.cumsum([len(b) for b in data], out=offsets[1:])
+    vbuf, nulls = _validity(valid)
+    return pa.Array.from_buffers(pa.string(), len(data),
+                                 [vbuf, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))], null_count=nulls)
+
+
+def _string_lists(values: Sequence[Sequence[str] | None]) -> pa.Array:
+    valid = np.array([v is not None for v in values], dtype=bool)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    if len(values):
+        np.cumsum([len(v) if v is not None else 0 for v in values], out=offsets[1:])
+    child = _strings([str(x) for v in values if v is not None for x in v])
+    vbuf, nulls = _validity(valid)
+    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [vbuf, pa.py_buffer(offsets)],
+                                 null_count=nulls, children=[child])
+
+
+def _column(values: list, type_: pa.DataType) -> pa.Array:
+    """One metadata column from Python values (None = null)."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    if pa.types.is_string(type_):
+        return _strings([None if v is None else str(v) for v in values])
+    if pa.types.is_list(type_) and pa.types.is_string(type_.value_type):
+        return _string_lists(values)
+    if pa.types.is_floating(type_):
+        arr = np.array([float(v) if v is not None else 0.0 for v in values], dtype=type_.to_pandas_dtype())
+        return _numeric(arr, type_, valid)
+    if pa.types.is_timestamp(type_):
+        arr = np.array([_micros(v) if v is not None else 0 for v in values], dtype=np.int64)
+        return _numeric(arr, pa.timestamp("us"), valid).cast(type_)
+    return pa.array(values, type=type_)  # any other type (not used by the base schema)
 
 
 def _signal_array(sigs: list[Any]) -> pa.Array:
@@ -253,10 +341,25 @@ def _signal_array(sigs: list[Any]) -> pa.Array:
     inner = np.zeros(int(outer[-1]) + 1, dtype=np.int64)
     if lengths:
         np.cumsum(np.concatenate(lengths), out=inner[1:])
-    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.float32)
-    values = pa.array(flat.astype(np.float32, copy=False), type=pa.float32())
-    inner_arr = pa.ListArray.from_arrays(pa.array(inner.astype(np.int32)), values)
-    return pa.ListArray.from_arrays(pa.array(outer), inner_arr)
+    flat = np.concatenate(flats).astype(np.float32, copy=False) if flats else np.zeros(0, dtype=np.float32)
+    values = _numeric(flat, pa.float32())
+    inner_arr = pa.Array.from_buffers(pa.list_(pa.float32()), len(inner) - 1,
+                                      [None, pa.py_buffer(inner.astype(np.int32))], children=[values])
+    return pa.Array.from_buffers(S.signal_type(), len(sigs), [None, pa.py_buffer(outer)], children=[inner_arr])
+
+
+_EPOCH = None
+
+
+def _micros(value) -> int:
+    """Microseconds since 1970 of a naive datetime (taken as it is, no time zone)."""
+    global _EPOCH
+    import datetime as dt
+
+    if _EPOCH is None:
+        _EPOCH = dt.datetime(1970, 1, 1)
+    delta = value - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _build_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
@@ -265,12 +368,25 @@ def _build_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
         if f.name == S.SIGNAL:
             arrays.append(_signal_array([r[S.SIGNAL] for r in rows]))
         else:
-            arrays.append(pa.array([r.get(f.name) for r in rows], type=f.type))
+            arrays.append(_column([r.get(f.name) for r in rows], f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _size(sig: Any) -> int:
     return int(sig.size) if isinstance(sig, np.ndarray) else int(sum(len(x) for x in sig))
+
+
+def _spill_chunk(items: Sequence[Item], options: dict | None, folder: str) -> ChunkResult:
+    return read_chunk(items, options).spill(folder)
+
+
+def _spool_folder() -> str:
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        return shm
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def read_chunk(items: Sequence[Item], options: dict | None = None) -> ChunkResult:
@@ -344,18 +460,23 @@ def read_batches(
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    folder = _spool_folder()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending = []
         try:
             for chunk in chunks:
-                pending.append(pool.submit(read_chunk, chunk, options))
+                pending.append(pool.submit(_spill_chunk, chunk, options, folder))
                 if len(pending) >= 2 * workers:
-                    yield pending.pop(0).result()
+                    yield pending.pop(0).result().load()
             while pending:
-                yield pending.pop(0).result()
+                yield pending.pop(0).result().load()
         finally:
             for f in pending:
-                f.cancel()
+                if not f.cancel():
+                    try:
+                        f.result().discard()
+                    except Exception:
+                        pass
 
 
 # --------------------------------------------------------------------------- joins
@@ -540,7 +661,9 @@ def convert(
     chunks = read_batches(found.items, workers=workers, batch_size=batch_size, options=options)
     if wrap is not None:
         chunks = wrap(chunks, (len(found.items) + batch_size - 1) // batch_size)
-    with TableWriter(dest, schema, meta, fmt=fmt, compression=compression) as writer:
+    # Row groups of one batch: each chunk is encoded as soon as it arrives, while the workers read on.
+    with TableWriter(dest, schema, meta, fmt=fmt, compression=compression,
+                     row_group_size=min(batch_size, 256)) as writer:
         for res in chunks:
             for rid, cause, hint in res.errors:
                 errors(RecordError(rid, cause, hint))
