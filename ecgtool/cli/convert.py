@@ -50,6 +50,14 @@ def convert(
     with --on-error skip). Record ids are file names, or relative paths when
     names collide.
 
+    --join: a CSV row joins the record whose id, name, or trailing path
+    without extension equals the row's key (the --join-key column; by default
+    filename_hr/filename_lr when present, as in PTB-XL, else the first column).
+    A CSV whose first row already names a record has no header row (CinC
+    2017's REFERENCE.csv: columns record, label). A joined column the table
+    already has (age, sex) only fills empty values. Each join's match count is
+    reported.
+
     \b
     Examples:
       ecgtool convert ptbxl/records500 --join ptbxl/ptbxl_database.csv -o ptbxl.parquet
