@@ -18,6 +18,7 @@
 Results are appended to bench/RESULTS.md under ``## preprocess``.
 
     python bench/bench_preprocess.py [--runs 3] [--no-memory] [--no-write]
+    python bench/bench_preprocess.py --phases   # CPU time per phase, nothing written
 """
 
 from __future__ import annotations
@@ -197,11 +198,38 @@ def memory(tmp: Path) -> dict:
     return res
 
 
+def phases(table: Path, tmp: Path) -> str:
+    """CPU seconds of each phase, in this (warm) process."""
+    t0 = time.process_time()
+    from ecgtool.io import open_table
+    from ecgtool.preprocess import Preprocessor, make_config, preprocess_table
+
+    t1 = time.process_time()
+    batches = []
+    with open_table(table) as r:
+        batches.extend(r)
+    t2 = time.process_time()
+    pre = Preprocessor(make_config("ecg-fm"))
+    for b in batches:
+        pre.process(b)
+    t3 = time.process_time()
+    with open_table(table) as r:
+        preprocess_table(r, str(tmp / "phases.parquet"), make_config("ecg-fm"), argv=["bench"])
+    t4 = time.process_time()
+    out = tmp / "phases_ref"
+    out.mkdir(exist_ok=True)
+    reference(str(table), str(out))
+    t5 = time.process_time()
+    return (f"CPU s in one process: imports {t1 - t0:.2f}, read table {t2 - t1:.2f}, ecg-fm pipeline {t3 - t2:.2f}, "
+            f"read + pipeline + Parquet write {t4 - t3:.2f}, reference loop (same read) {t5 - t4:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    ap.add_argument("--phases", action="store_true", help="only print the CPU time of each phase")
     ap.add_argument("--reference", nargs=2, metavar=("TABLE", "OUT_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
@@ -214,6 +242,9 @@ def main() -> None:
         tmp = Path(tmpd)
         table = tmp / "ptbxl500.parquet"
         made_by = build_table(table)
+        if args.phases:
+            print(phases(table, tmp))
+            return
         s = speed(table, args.runs, tmp)
         m = s["median"]
         lines.append(f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
