@@ -28,6 +28,7 @@ layout are processed as one (N, L, T) stack.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Sequence
 
@@ -484,7 +485,7 @@ class Preprocessor:
         if not mask.any():
             for r in ids:
                 self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})",
-                           f"choose leads it has with --leads, e.g. --leads {names[0]}")
+                           f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}")
             return None
         q = Q.quality_flags(x, mask, self.limits, fs)
         keep = np.ones(len(x), dtype=bool)
