@@ -320,7 +320,8 @@ def _column(values: list, type_: pa.DataType) -> pa.Array:
         return _numeric(arr, type_, valid)
     if pa.types.is_timestamp(type_):
         arr = np.array([_micros(v) if v is not None else 0 for v in values], dtype=np.int64)
-        return _numeric(arr, pa.timestamp("us"), valid).cast(type_)
+        return _numeric(arr, pa.timestamp("us", tz=type_.tz), valid) if type_.unit == "us" else \
+            _numeric(arr, pa.timestamp("us", tz=type_.tz), valid).cast(type_)
     return pa.array(values, type=type_)  # any other type (not used by the base schema)
 
 
