@@ -87,8 +87,13 @@ def median_baseline(x: np.ndarray, kernel: int) -> np.ndarray:
     """The running median of ``kernel`` samples along the last axis (zero-padded ends)."""
     from scipy.ndimage import median_filter
 
-    size = (1,) * (x.ndim - 1) + (kernel,)
-    return median_filter(np.asarray(x, dtype=np.float64), size=size, mode="constant", cval=0.0)
+    x = np.asarray(x, dtype=np.float64)
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    # one 1-D call per lead: scipy's 1-D running median is ~30x faster than the N-D rank filter
+    for i in range(rows.shape[0]):
+        median_filter(rows[i], size=kernel, mode="constant", cval=0.0, output=out[i])
+    return out.reshape(x.shape)
 
 
 def remove_median_baseline(x: np.ndarray, fs: float, seconds: float = 0.4) -> np.ndarray:
