@@ -19,6 +19,7 @@ def predict(
     output_format: OutputFormat = None,
     aggregate: Annotated[str, typer.Option("--aggregate", help="Per record over windows and segments: mean or max (the checkpoint may set some labels to max); none: one row per window.")] = "mean",
     top: Annotated[int, typer.Option("--top", help="Summary: also show this many most probable labels.")] = 5,
+    example: Annotated[bool, typer.Option("--example", help="Predict on the example records bundled with ecgtool (four PTB-XL ECGs).")] = False,
     device: Device = "auto",
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
@@ -34,6 +35,7 @@ def predict(
 
     \b
     Examples:
+      ecgtool predict --example
       ecgtool predict data/ptbxl/records500/00000/00001_hr.hea
       ecgtool predict -m finetuned.safetensors seg.parquet -o pred.parquet
       ecgtool convert data/ -o - | ecgtool predict - -o - | ecgtool info -
@@ -46,6 +48,10 @@ def predict(
     from ecgtool.models.apply import predict_table
     from ecgtool.models.inference import parse_shard, shard_path
 
+    if example:
+        from ecgtool.data import EXAMPLES
+
+        src = str(EXAMPLES)
     errors = record_errors(on_error)
     sh = parse_shard(shard)
     summary = output == "" and sys.stdout.isatty()
