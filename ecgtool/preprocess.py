@@ -485,7 +485,8 @@ class Preprocessor:
         if not mask.any():
             for r in ids:
                 self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})",
-                           f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}")
+                           f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}, "
+                           f"or name its lead with --rename {shlex.quote(names[0] + '=I')}")
             return None
         q = Q.quality_flags(x, mask, self.limits, fs)
         keep = np.ones(len(x), dtype=bool)

@@ -320,3 +320,33 @@ def test_real_pipe_from_convert(data_dir, tmp_path):
     x = t.column("signal").combine_chunks().flatten().flatten().to_numpy().reshape(-1, 12, 2500)
     fx = np.load(data_dir.parent / "reference" / "fixtures" / "ecgfm" / "io.npz")["x"]
     np.testing.assert_allclose(x[[0, 3, 4]], fx, atol=1e-5)
+
+
+def test_rename_single_lead_into_preset(data_dir):
+    from scipy.interpolate import interp1d
+
+    rows = _cinc2017(data_dir, ("A00001",))
+    errors = RecordErrors("skip")
+    out, _ = _run(rows, "ecg-fm", errors=errors)
+    assert out is None and errors.count == 1  # 'ECG' is none of the 12 leads
+    out, _ = _run(rows, "ecg-fm", rename=["ECG=I"])
+    x = batch_signal_array(out)
+    mask = out.column(out.schema.get_field_index("lead_mask")).to_pylist()[0]
+    assert mask == [True] + [False] * 11  # III, aVR, ... need lead II as well
+    assert np.all(x[:, 1:] == 0)
+    n = rows[0]["signal"].shape[1]
+    m = int(n * 500 / 300)
+    ref = interp1d(np.linspace(0, m - 1, n), rows[0]["signal"][0].astype(np.float64))(np.arange(m))
+    ref = (ref - ref.mean()) / ref.std()
+    np.testing.assert_allclose(x[:, 0].reshape(-1), ref[: x.shape[0] * 2500], atol=1e-5)
+
+
+def test_precision_rounding(data_dir):
+    rows = _ptbxl(data_dir, (4,))
+    full = batch_signal_array(_run(rows, "ecg-fm")[0])
+    half = batch_signal_array(_run(rows, "ecg-fm", precision="float16")[0])
+    bf = batch_signal_array(_run(rows, "ecg-fm", precision="bfloat16")[0])
+    assert half.dtype == np.float32 and not np.array_equal(half, full)
+    assert np.all(np.abs(half - full) <= np.abs(full) * 2.0 ** -11 + 1e-30)
+    assert np.all(bf.view(np.uint32) & 0xFFFF == 0)
+    assert np.all(np.abs(bf - full) <= np.abs(full) * 2.0 ** -8 + 1e-30)
