@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Sequence
 
 import numpy as np
