@@ -460,6 +460,10 @@ def read_batches(
         return
     import multiprocessing as mp
 
+    # imported here once, so that forked workers start with them loaded
+    import ecgtool.formats.wfdb  # noqa: F401
+    import ecgtool.signal.leads  # noqa: F401
+
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     folder = _spool_folder()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
