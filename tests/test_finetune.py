@@ -287,3 +287,29 @@ def test_label_masks_and_bad_labels(cli, ptbxl, tmp_path):
         r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--labels", "NORM",
                  "-o", tmp_path / "b.safetensors", "--device", "cpu", "--max-steps", "1", *bad])
         assert r.exit_code == 2 and word in r.output, r.output
+
+
+def test_net1d_frozen_features_from_native_checkpoint(cli, ptbxl, tmp_path):
+    """The ECGFounder family finetunes too: new dense head, stem and first stage frozen."""
+    from safetensors.torch import load_file
+
+    from ecgtool.models.checkpoint import load_model, save_checkpoint
+    from ecgtool.models.contract import InputContract
+    from ecgtool.models.registry import create_model
+    from ecgtool.signal.leads import STANDARD_12
+
+    five = InputContract(fs=500.0, leads=STANDARD_12, n_samples=2500, normalisation="per-lead-zscore")
+    torch.manual_seed(0)
+    base = create_model("ecgfounder-tiny", n_classes=3, contract=five)
+    ck = save_checkpoint(base, tmp_path / "net1d.safetensors")
+    out = tmp_path / "n.safetensors"
+    r = cli(["finetune", ptbxl["seg"], "-m", ck, "-l", ptbxl["labels"], "--labels", "NORM,CD", "-o", out,
+             "--mode", "frozen-features", "--task", "pu", "--device", "cpu", "--batch-size", "8",
+             "--max-steps", "3", "--eval-every", "3", "--lr", "1e-3"])
+    assert r.exit_code == 0, r.output
+    m = load_model(out)
+    assert m.family == "net1d" and m.label_names == ["NORM", "CD"] and m.dense.out_features == 2
+    before, after = load_file(str(ck)), m.state_dict()
+    assert torch.equal(after["first_conv.conv.weight"], before["first_conv.conv.weight"])
+    moved = [k for k in after if k.startswith("stage_list.3.") and not torch.equal(after[k], before[k])]
+    assert moved                                                        # later stages train

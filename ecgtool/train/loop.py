@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class LoopConfig:
     clip_norm: float = 0.0          # 0: no gradient clipping (as published)
     amp: bool = True                # bf16 autocast on CUDA
     log_every: int = 1
+    prefetch: bool = True           # build the next batch in a thread while this update runs
 
     def check(self) -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -100,12 +102,17 @@ def step_seed(seed: int, rank: int, step: int) -> int:
                % (2 ** 63 - 1))
 
 
+def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
+    """The numpy generator of update ``step`` (masks, lead masks, augmentation)."""
+    return np.random.default_rng([int(seed), int(rank), int(step)])
+
+
 def seed_step(seed: int, rank: int, step: int) -> np.random.Generator:
     """Seed torch (CPU and CUDA) and Python for update ``step``; return its numpy generator."""
     s = step_seed(seed, rank, step)
     torch.manual_seed(s)
     random.seed(s)
-    return np.random.default_rng([int(seed), int(rank), int(step)])
+    return batch_rng(seed, rank, step)
 
 
 def _rng_state() -> dict:
@@ -393,18 +400,39 @@ class Loop:
         self.task.train()
         start_time = time.monotonic()
         last_saved = self.state.step if cfg.resume else None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgtool-batch") if cfg.prefetch else None
+        try:
+            yield from self._epochs(pool, start_time, last_saved)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _epochs(self, pool, start_time: float, last_saved: int | None) -> Iterator[dict]:
+        cfg = self.cfg
         while not self._done():
             st = self.state
             finished_epoch = True
-            for idx in self.plan.epoch_batches(st.epoch, start=st.batch):
+            batches = list(self.plan.epoch_batches(st.epoch, start=st.batch))
+            first_step = st.step
+
+            def build(i: int):
+                # a pure function of (seed, rank, step): safe to run ahead in a thread
+                return self.make_batch(batches[i], batch_rng(cfg.seed, self.dist.rank, first_step + i))
+
+            pending = pool.submit(build, 0) if (pool is not None and batches) else None
+            for i, idx in enumerate(batches):
                 if self._done():
                     finished_epoch = False
                     break
                 t0 = time.perf_counter()
-                rng = seed_step(cfg.seed, self.dist.rank, st.step)
+                seed_step(cfg.seed, self.dist.rank, st.step)
                 if self.on_step is not None:
                     self.on_step(self.task, st.step)
-                batch = self.make_batch(idx, rng)
+                if pending is not None:
+                    batch = pending.result()
+                    pending = pool.submit(build, i + 1) if i + 1 < len(batches) else None
+                else:
+                    batch = build(i)
                 t1 = time.perf_counter()
                 with self._autocast():
                     loss, parts = self.wrapped(batch)

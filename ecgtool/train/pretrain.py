@@ -165,6 +165,9 @@ class Pretrainer:
         torch.manual_seed(loop.seed)  # a model built from a registry name starts from seeded weights
         self.model = load_pretrain_model(model, self.cfg.w2v)
         self.model_spec = model
+        # a checkpoint from an earlier pretraining run continues its Gumbel temperature schedule
+        done = ((getattr(self.model, "extra", None) or {}).get("training") or {})
+        self.update_offset = int(done.get("updates", done.get("step", 0)) or 0)
         self.lead_map = self.data.check_contract(self.model.contract)
         t = self.cfg.latent_temp
         if self.model.quantizer is not None:
@@ -196,11 +199,12 @@ class Pretrainer:
         self.loop = Loop(self.task, self.model, self.optimizer, self.scheduler, self.plan, self.make_batch, loop,
                          self.device, self.dist, on_step=self._on_step,
                          checkpoint_extra=lambda: {"pretrain": _jsonable(asdict(self.cfg)),
+                                                   "updates": self.update_offset + self.loop.state.step,
                                                    "data": self.data.name},
                          find_unused_parameters=not self.cfg.w2v)
 
     def _on_step(self, task, step: int) -> None:
-        self.model.set_num_updates(step)
+        self.model.set_num_updates(self.update_offset + step)
 
     def make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -245,7 +249,9 @@ class Pretrainer:
             prov["trained_by"] = "ecgtool pretrain"
             prov["base"] = str(self.model_spec)
             save_checkpoint(self.model, path, provenance=prov,
-                            training={"step": self.loop.state.step, "pretrain": _jsonable(asdict(self.cfg)),
+                            training={"step": self.loop.state.step,
+                                      "updates": self.update_offset + self.loop.state.step,
+                                      "pretrain": _jsonable(asdict(self.cfg)),
                                       "data": self.data.name})
         shutdown(self.dist)
         return path
