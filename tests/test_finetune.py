@@ -313,3 +313,22 @@ def test_net1d_frozen_features_from_native_checkpoint(cli, ptbxl, tmp_path):
     assert torch.equal(after["first_conv.conv.weight"], before["first_conv.conv.weight"])
     moved = [k for k in after if k.startswith("stage_list.3.") and not torch.equal(after[k], before[k])]
     assert moved                                                        # later stages train
+
+
+def test_finetune_from_imported_fairseq_checkpoint(cli, ptbxl, reference_dir, tmp_path):
+    """fairseq-signals pretraining checkpoint (reduced fixture) -> classifier; conv extractor frozen."""
+    from ecgtool.models.checkpoint import load_model
+
+    src = reference_dir / "fixtures" / "ecgfm" / "pretrained.pt"
+    out = tmp_path / "fs.safetensors"
+    rep = tmp_path / "rep.json"
+    r = cli(["finetune", ptbxl["seg"], "-m", src, "-l", ptbxl["labels"], "--labels", "NORM,CD", "-o", out,
+             "--mode", "frozen-features", "--device", "cpu", "--batch-size", "8", "--max-steps", "2",
+             "--eval-every", "2", "--lr", "1e-3", "--report", rep])
+    assert r.exit_code == 0, r.output
+    assert json.loads(rep.read_text())["fresh_tensors"] == 2
+    base, m = load_model(src).state_dict(), load_model(out).state_dict()
+    conv = [k for k in base if k.startswith("feature_extractor.")]
+    assert conv and all(torch.equal(m[k], base[k]) for k in conv)           # frozen, as ECG-FM finetuning
+    assert not torch.equal(m["encoder.layers.0.fc1.weight"], base["encoder.layers.0.fc1.weight"])
+    assert "mask_emb" not in m and "quantizer.vars" not in m               # pretraining heads dropped

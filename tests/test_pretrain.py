@@ -289,3 +289,17 @@ def test_ddp_two_processes_gloo(seg, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     st = torch.load(run / "checkpoints" / "step-00000002" / "state.pt", weights_only=True)
     assert st["world_size"] == 2
+
+
+def test_pretrain_continues_from_imported_fairseq_checkpoint(cli, seg, reference_dir, tmp_path):
+    """A fairseq-signals pretraining checkpoint (reduced fixture, real trainer output) trains on."""
+    from ecgtool.models.checkpoint import load_model
+
+    src = reference_dir / "fixtures" / "ecgfm" / "pretrained.pt"
+    run = tmp_path / "cont"
+    r = cli(["pretrain", seg, "-m", src, "-o", run, "--batch-size", "2", "--device", "cpu", "--max-steps", "1"])
+    assert r.exit_code == 0, r.output
+    before, after = load_model(src).state_dict(), load_model(run / "model.safetensors").state_dict()
+    assert set(before) == set(after)                                      # heads kept
+    diff = max(float((after[k] - before[k]).abs().max()) for k in before)
+    assert 0 < diff < 1e-2                                                # one small AdamW step from there
