@@ -32,6 +32,21 @@ def _tie_groups(s_sorted: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
 
 
+def _weights(w) -> np.ndarray:
+    """(B, n) weights; float32 bootstrap counts stay float32 (exact up to 2**24)."""
+    w = np.atleast_2d(np.asarray(w))
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(np.float64)
+    return w
+
+
+def _group_sum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sum the columns of ``a`` within each run of tied scores (a no-op without ties)."""
+    if starts.size == a.shape[1]:
+        return a
+    return np.add.reduceat(a, starts, axis=1)
+
+
 def auroc_weighted(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Area under the ROC curve for each row of weights ``w`` (B, n).
 
@@ -40,16 +55,16 @@ def auroc_weighted(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     y = np.asarray(y, dtype=bool)
     s = np.asarray(s, dtype=np.float64)
-    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    w = _weights(w)
     order = np.argsort(s, kind="mergesort")
     starts = _tie_groups(s[order])
     wo = w[:, order]
     yo = y[order]
-    pos = np.add.reduceat(wo * yo, starts, axis=1)
-    neg = np.add.reduceat(wo * ~yo, starts, axis=1)
+    pos = _group_sum(wo * yo, starts)
+    neg = _group_sum(wo * ~yo, starts)
     below = np.cumsum(neg, axis=1) - neg
-    num = np.sum(pos * (below + 0.5 * neg), axis=1)
-    p, n = pos.sum(axis=1), neg.sum(axis=1)
+    num = np.sum(pos * (below + 0.5 * neg), axis=1, dtype=np.float64)
+    p, n = pos.sum(axis=1, dtype=np.float64), neg.sum(axis=1, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / (p * n)
     out[(p <= 0) | (n <= 0)] = np.nan
@@ -61,19 +76,19 @@ def auprc_weighted(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     ``average_precision_score``) for each row of weights ``w`` (B, n)."""
     y = np.asarray(y, dtype=bool)
     s = np.asarray(s, dtype=np.float64)
-    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    w = _weights(w)
     order = np.argsort(-s, kind="mergesort")
     starts = _tie_groups(s[order])
     wo = w[:, order]
     yo = y[order]
-    tp_g = np.add.reduceat(wo * yo, starts, axis=1)
-    fp_g = np.add.reduceat(wo * ~yo, starts, axis=1)
+    tp_g = _group_sum(wo * yo, starts)
+    fp_g = _group_sum(wo * ~yo, starts)
     tp = np.cumsum(tp_g, axis=1)
     fp = np.cumsum(fp_g, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        p = tp[:, -1] if tp.shape[1] else np.zeros(w.shape[0])
-        out = np.sum(tp_g * prec, axis=1) / p
+        p = tp[:, -1].astype(np.float64) if tp.shape[1] else np.zeros(w.shape[0])
+        out = np.sum(tp_g * prec, axis=1, dtype=np.float64) / p
     n = fp[:, -1] if fp.shape[1] else np.zeros(w.shape[0])
     out[(p <= 0) | (n <= 0)] = np.nan
     return out
@@ -83,11 +98,9 @@ def confusion_weighted(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[s
     """Sensitivity, specificity and F1 of binary predictions per weight row."""
     y = np.asarray(y, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
-    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
-    tp = w @ (y & pred).astype(np.float64)
-    fn = w @ (y & ~pred).astype(np.float64)
-    fp = w @ (~y & pred).astype(np.float64)
-    tn = w @ (~y & ~pred).astype(np.float64)
+    w = _weights(w)
+    cells = np.column_stack([y & pred, y & ~pred, ~y & pred, ~y & ~pred]).astype(w.dtype)
+    tp, fn, fp, tn = (w @ cells).astype(np.float64).T
     with np.errstate(invalid="ignore", divide="ignore"):
         sens = tp / (tp + fn)
         spec = tn / (tn + fp)
@@ -157,7 +170,7 @@ def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator, chunk: int)
         b = min(chunk, n_boot - done)
         idx = rng.integers(0, n, size=(b, n))
         idx += (np.arange(b) * n)[:, None]
-        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
         done += b
 
 
@@ -203,7 +216,7 @@ def evaluate(
     def metrics_for(w: np.ndarray) -> dict[str, np.ndarray]:
         out = {m: np.full((w.shape[0], L), np.nan) for m in ALL_METRICS}
         for j in range(L):
-            wj = w * M[:, j]
+            wj = w if M[:, j].all() else w * M[:, j].astype(w.dtype)
             out["auroc"][:, j] = auroc_weighted(Y[:, j], S[:, j], wj)
             out["auprc"][:, j] = auprc_weighted(Y[:, j], S[:, j], wj)
             if has_pred[j]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -118,9 +119,8 @@ def _is_flat(typ: pa.DataType) -> bool:
 
 
 def _pool_first(inverse: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray:
-    first = np.full(n_groups, -1, dtype=np.int64)
-    idx = np.arange(inverse.size)[::-1]
-    first[inverse[::-1]] = idx  # the last write wins, which is the first occurrence
+    groups, first = np.unique(inverse, return_index=True)  # first row of each group, groups 0..n-1
+    assert groups.size == n_groups
     return values[first]
 
 
@@ -659,6 +659,8 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
     temps_all: list[list[float | None]] = []
     thr_all: list[list[float | None]] = []
     C_all = []
+    clock = {"fit": 0.0, "evaluate": 0.0, "subgroups": 0.0, "scaling": 0.0}
+    t0 = time.perf_counter()
     for sp in splits:
         tr = sp.train[data.mask[sp.train] if data.multiclass else Mb[sp.train].any(axis=1)]
         if tr.size == 0:
@@ -700,6 +702,8 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
             thr_all.append(thr)
         fold_info.append({"name": sp.name, "train": int(tr.size), "val": int(sp.val.size), "test": int(sp.test.size)})
 
+    clock["fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     test = np.flatnonzero(in_test)
     Yt, Mt, Pt = Yb[test], Mb[test], probs[test]
     ev = mt.evaluate(Yt, Pt, Mt, preds=preds[test], has_pred=has_threshold, n_boot=opts.n_boot, seed=opts.seed,
@@ -748,10 +752,16 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
                                                         opts.n_bins)
         report["protocol"]["C"] = report["protocol"]["C"] if opts.C is not None else \
             {"chosen_on": "validation log-loss", "grid": list(opts.c_grid), "chosen": [c[0] for c in C_all]}
+    clock["evaluate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if opts.subgroups:
         report["subgroups"] = _subgroups(data, test, Yt, Mt, Pt, preds[test], has_threshold, opts)
+    clock["subgroups"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if opts.scaling:
         report["scaling"] = _scaling(data, splits[0], Yb, Mb, opts, C_all[0])
+    clock["scaling"] = time.perf_counter() - t0
+    report["timings_s"] = {k: round(v, 3) for k, v in clock.items()}
     arrays = {"Y": Yt, "M": Mt, "P": Pt, "P_cal": probs_cal[test], "labels": names, "multiclass": data.multiclass,
               "y_class": data.Y[test] if data.multiclass else None}
     return report, arrays

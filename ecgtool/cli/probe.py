@@ -35,7 +35,7 @@ def probe(
         "--group-col", help="Group column for cross-validation (a patient never spans two folds).")] = None,
     cv: Annotated[Optional[int], typer.Option("--cv", min=3, help="Number of grouped cross-validation folds.")] = None,
     c_value: Annotated[Optional[float], typer.Option(
-        "--C", min=0.0, help="Inverse L2 strength (default: chosen per label on validation from "
+        "--C", help="Inverse L2 strength (default: chosen per label on validation from "
                              "0.001, 0.01, 0.1, 1).")] = None,
     threshold: Annotated[str, typer.Option(
         "--threshold", help="Threshold rule on validation: f1 (max F1) or youden (max sens+spec-1).")] = "f1",
@@ -52,11 +52,11 @@ def probe(
     figures: Annotated[Optional[str], typer.Option("--figures", help="Write PNG figures into this folder.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Evaluate embeddings with a linear probe: per-label and macro AUROC, AUPRC, F1,
-    sensitivity and specificity with bootstrap 95% CIs, calibration before/after
-    temperature scaling, subgroup tables and a data-scaling curve.
+    """Evaluate embeddings with a linear probe: metrics with CIs, calibration, subgroups.
 
-    Segment embeddings are averaged per record first. C, the decision threshold and
+    Reports per-label and macro AUROC, AUPRC, F1, sensitivity and specificity with
+    bootstrap 95% CIs, calibration before/after temperature scaling, subgroup tables
+    and a data-scaling curve, as a table, a JSON report and PNG figures. Segment embeddings are averaged per record first. C, the decision threshold and
     the temperature are chosen on the validation split; the test split is only
     reported on. A metric that cannot be computed (no positive or no negative record)
     is null with a reason in the JSON and n/a in the table.
@@ -73,6 +73,8 @@ def probe(
     from ecgtool.errors import UsageError
     from ecgtool.io import read_table
 
+    if c_value is not None and c_value <= 0:
+        raise UsageError(f"--C {c_value}: must be greater than 0", "e.g. --C 0.1, or leave it out to choose on validation")
     if fold_col and (group_col or cv):
         raise UsageError("--fold-col and --group-col/--cv both given", "choose one way to split")
     if not fold_col and not cv:
@@ -176,7 +178,7 @@ def _cell(m: dict | None, ci: bool = True) -> str:
     if not m or m.get("value") is None:
         return "n/a"
     if ci and m.get("ci"):
-        return f"{m['value']:.3f} ({m['ci'][0]:.3f}–{m['ci'][1]:.3f})"
+        return f"{m['value']:.3f} ({m['ci'][0]:.2f}–{m['ci'][1]:.2f})"
     return f"{m['value']:.3f}"
 
 
@@ -185,6 +187,8 @@ def _print_table(rep: dict) -> None:
     from rich.table import Table
 
     con = Console(highlight=False, soft_wrap=True)
+    if not con.is_terminal:
+        con = Console(highlight=False, soft_wrap=True, width=160)  # a file or pipe: no wrapping of the table
     rec = rep["records"]
     line = f"{rec['records']} records"
     if "joined" in rec:
@@ -201,7 +205,7 @@ def _print_table(rep: dict) -> None:
     t = Table(title=f"Linear probe, test split ({int(b['level'] * 100)}% bootstrap CI, n={b['n']})",
               box=None, pad_edge=False, header_style="bold")
     for c in ("label", "n (pos)", "AUROC", "AUPRC", "F1", "sens", "spec", "ECE before→after"):
-        t.add_column(c, justify="left" if c == "label" else "right")
+        t.add_column(c, justify="left" if c == "label" else "right", no_wrap=c != "label")
     for name, e in rep["metrics"]["per_label"].items():
         c = e.get("calibration") or {}
         before = (c.get("before") or {}).get("ece")
