@@ -449,3 +449,21 @@ def test_pipe_convert_join_cinc2017(tmp_path, data_dir):
     for _, row in df.iterrows():
         rec = Path(row["record_id"]).name
         assert row[names[ref[rec]]] == 1 and row[list(names.values())].sum() == 1
+
+
+def test_segment_table_gives_one_label_row_per_record(tmp_path, cinc2021_rows):
+    # after `preprocess --segment` every record has several rows with the same id and
+    # metadata; labels belong to records, so each id is labelled (and counted) once
+    rows = []
+    for r in cinc2021_rows[:6]:
+        for seg in range(3):
+            rows.append({"record_id": r["record_id"], "segment": seg, "dx": r["dx"]})
+    src = _write(tmp_path / "seg.parquet", rows)
+    once = _write(tmp_path / "rec.parquet", [dict(r) for r in cinc2021_rows[:6]])
+    rep_seg, _ = run_label(src, str(tmp_path / "lab_seg.parquet"), vocab="snomed")
+    rep_rec, _ = run_label(once, str(tmp_path / "lab_rec.parquet"), vocab="snomed")
+    seg, rec = _labels(tmp_path / "lab_seg.parquet"), _labels(tmp_path / "lab_rec.parquet")
+    assert list(seg["record_id"]) == [r["record_id"] for r in cinc2021_rows[:6]]
+    pd.testing.assert_frame_equal(seg, rec)
+    assert rep_seg["records"] == 6 and rep_seg["repeated_rows"] == 12 and rep_rec["repeated_rows"] == 0
+    assert rep_seg["labels"] == rep_rec["labels"]

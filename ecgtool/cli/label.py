@@ -118,6 +118,9 @@ def _print_report(rep: dict) -> None:
     con.print(f"[bold]{rep['vocabulary']}[/bold]: {len(rep['labels'])} labels from {json.dumps(rep['sources'])}; "
               f"{rep['records']} records, {rep['labelled']} labelled, unlabelled: {un['empty']} empty, "
               f"{un['unrecognised']} unrecognised, {un['out_of_scope']} out of scope")
+    if rep.get("repeated_rows"):
+        con.print(f"{rep['repeated_rows']} more rows repeat a record id (segments of one record): "
+                  "one label row per record")
     if "join" in rep:
         j = rep["join"]
         con.print(f"join {j['file']} on {j['on']}: {j['joined']} joined, {j['not_joined']} not joined"

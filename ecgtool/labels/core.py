@@ -431,6 +431,7 @@ class Report:
         self.join: dict[str, Any] | None = None
         self._n = n
         self.exclusive = Counter()  # labelled records with several / no positive (exclusive vocabularies)
+        self.repeated_rows = 0  # rows whose record id came earlier (segments of one record): labelled once
 
     def add(self, record_id: str, split: Any, status: str, values, f: Findings, unmapped: list[str]) -> None:
         self.records += 1
@@ -497,6 +498,7 @@ class Report:
             "sources": self.cols.describe(),
             "split_column": self.split_column,
             "records": self.records,
+            "repeated_rows": self.repeated_rows,
             "labelled": self.status.get("labelled", 0),
             "unlabelled": {
                 "empty": self.status.get("empty", 0),
@@ -661,7 +663,13 @@ def label_batches(
     report: Report,
     join: JoinTable | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Label every row of every batch; yields label batches with ``schema``."""
+    """Label every record of every batch; yields label batches with ``schema``.
+
+    Labels belong to records: a row whose record id came earlier (the other
+    segments of a record after ``preprocess --segment``) is counted in
+    ``report.repeated_rows`` and not labelled again, so the output has one
+    row per record id.
+    """
     labeler = RecordLabeler(opts.vocabulary, min_likelihood=opts.min_likelihood,
                             hierarchy=opts.hierarchy, uncertain=opts.uncertain)
     cols = opts.columns
@@ -670,6 +678,7 @@ def label_batches(
     unjoined_examples: list[str] = []
     source_cols = cols.columns()
     memo: dict[tuple, tuple] = {}  # identical source values give identical labels (reports repeat)
+    seen: set[str] = set()
     for batch in batches:
         rows = batch.to_pylist()
         if join is not None and join.on is None:
@@ -680,6 +689,11 @@ def label_batches(
         for r in rows:
             rid = r.get(opts.id_column)
             rid = None if rid is None else (str(int(rid)) if isinstance(rid, float) and rid.is_integer() else str(rid))
+            if rid is not None:
+                if rid in seen:
+                    report.repeated_rows += 1
+                    continue
+                seen.add(rid)
             if join is not None:
                 extra = join.lookup(rid) if rid is not None else None
                 if extra is None:
