@@ -211,7 +211,7 @@ class FinetuneTask(nn.Module):
 
 def macro_scores(y: np.ndarray, s: np.ndarray, multiclass: bool = False) -> dict[str, float]:
     """Macro AUPRC / AUROC over labels with both classes observed (NaN entries ignored)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from ecgtool.analysis.metrics import auprc, auroc  # numpy; equal to scikit-learn's AP / ROC AUC
 
     aps, aucs = [], []
     for k in range(y.shape[1]):
@@ -219,8 +219,8 @@ def macro_scores(y: np.ndarray, s: np.ndarray, multiclass: bool = False) -> dict
         yk = y[obs, k]
         if yk.size == 0 or yk.min() == yk.max():
             continue
-        aps.append(average_precision_score(yk, s[obs, k]))
-        aucs.append(roc_auc_score(yk, s[obs, k]))
+        aps.append(auprc(yk, s[obs, k]))
+        aucs.append(auroc(yk, s[obs, k]))
     return {"macro_auprc": float(np.mean(aps)) if aps else float("nan"),
             "macro_auroc": float(np.mean(aucs)) if aucs else float("nan"), "n_labels_scored": len(aps)}
 
