@@ -229,3 +229,30 @@ def test_models_cli_errors(cli, tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys, ecgtool.cli; print('torch' in sys.modules)"],
                        capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_models_import_with_label_names(cli, reference_dir, tmp_path):
+    # fairseq-signals files carry no label names: --labels attaches them, and predict
+    # then names its columns after them instead of label_0..label_4
+    from ecgtool.models.checkpoint import load_model
+
+    ft = reference_dir / "fixtures" / "ecgfm" / "finetuned.pt"
+    out = tmp_path / "ft.safetensors"
+    r = cli(["models", "import", ft, "--labels", "NORM, MI,STTC,CD,HYP", "-o", out])
+    assert r.exit_code == 0, r.output
+    assert "label names: NORM, MI, STTC, CD, … (5)" in r.stdout
+    assert load_model(out).label_names == ["NORM", "MI", "STTC", "CD", "HYP"]
+    names = tmp_path / "names.txt"
+    names.write_text("# outputs in order\n" + "\n".join(f"finding {k}" for k in range(7)) + "\n")
+    pth = reference_dir / "fixtures" / "ecgfounder" / "12_lead_reduced.pth"
+    r = cli(["models", "import", pth, "--labels", names, "-o", tmp_path / "f.safetensors"])
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "f.safetensors").label_names == [f"finding {k}" for k in range(7)]
+    # a wrong count, a model without a head, repeated names: usage errors, nothing written
+    for src, spec in ((ft, "mimic-iv-ecg"), (reference_dir / "fixtures" / "ecgfm" / "pretrained.pt", "A,B"),
+                      (ft, "A,A,B,C,D")):
+        r = cli(["models", "import", src, "--labels", spec, "-o", tmp_path / "bad.safetensors"])
+        assert r.exit_code == 2, r.output
+        assert not (tmp_path / "bad.safetensors").exists()
+    r = cli(["models", "import", ft, "--labels", "mimic-iv-ecg", "-o", tmp_path / "bad.safetensors"])
+    assert "17 names for the 5 outputs" in r.stderr

@@ -123,6 +123,9 @@ def info(
 def import_(
     src: Annotated[str, typer.Argument(help="A released checkpoint: ECGFounder .pth or fairseq-signals .pt.")],
     output: Annotated[str, typer.Option("-o", "--output", help="The .safetensors file to write.")],
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", help="Names of the outputs, in order: comma-separated, a text file with one per line, "
+        "or 'mimic-iv-ecg' (the released ECG-FM classifier's 17). fairseq-signals files carry none.")] = None,
 ) -> None:
     """Convert a released checkpoint once into ecgtool's safetensors format (no pickle on later loads).
 
@@ -133,9 +136,12 @@ def import_(
     Examples:
       ecgtool models import 12_lead_ECGFounder.pth -o ecgfounder-12lead.safetensors
       ecgtool models import mimic_iv_ecg_physionet_pretrained.pt -o ecgfm-base.safetensors
+      ecgtool models import mimic_iv_ecg_finetuned.pt --labels mimic-iv-ecg -o ecgfm-mimic17.safetensors
+      ecgtool models import my_finetuned.pt --labels NORM,MI,STTC,CD,HYP -o mine.safetensors
     """
-    from ecgtool.models.checkpoint import import_released
+    from ecgtool.models.checkpoint import import_released, parse_label_names
 
-    lines = import_released(src, output)
+    names = parse_label_names(labels) if labels is not None else None
+    lines = import_released(src, output, label_names=names)
     for line in lines:
         typer.echo(line)

@@ -215,7 +215,7 @@ def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float
     if names is None and n_head:
         names = [f"label_{k}" for k in range(n_head)]
         log.warning("the checkpoint carries no label names; calling its %d outputs label_0..label_%d "
-                    "(import it with names to fix this)", n_head, n_head - 1)
+                    "(name them with 'ecgtool models import --labels')", n_head, n_head - 1)
     if names is None:
         raise UsageError("the model has no classifier head (no label names)",
                          "use 'ecgtool embed' for embeddings, or a finetuned checkpoint for predictions")

@@ -405,10 +405,49 @@ def list_model_summaries(pattern: str | None = None) -> list[dict[str, Any]]:
     return [describe_model(name) for name in list_models(pattern)]
 
 
-def import_released(src: str | Path, output: str | Path) -> list[str]:
+def parse_label_names(spec: str) -> list[str]:
+    """Label names from ``--labels``: 'mimic-iv-ecg' (the released ECG-FM classifier's 17),
+    a text file with one name per line, or comma-separated names."""
+    text = spec.strip()
+    if text.lower() in ("mimic-iv-ecg", "mimic", "ecgfm-17"):
+        from ecgtool.models.ecgfm import MIMIC_IV_ECG_LABELS
+
+        return list(MIMIC_IV_ECG_LABELS)
+    path = Path(text).expanduser()
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--labels {text}: cannot read ({e})") from None
+        names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--labels {text!r}: no label names",
+                         "give comma-separated names, a file with one name per line, or 'mimic-iv-ecg'")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UsageError(f"--labels: repeated label names: {', '.join(dup)}")
+    return names
+
+
+def _attach_label_names(model: torch.nn.Module, names: list[str], src: Path) -> None:
+    n_out = model.n_classes
+    if not n_out:
+        raise UsageError(f"{src}: the checkpoint has no classifier head, so --labels does not apply",
+                         "label names belong to a finetuned checkpoint")
+    if len(names) != n_out:
+        raise UsageError(f"--labels: {len(names)} names for the {n_out} outputs of {src.name}",
+                         "give one name per output, in the order of the outputs")
+    model.label_names = list(names)
+
+
+def import_released(src: str | Path, output: str | Path, label_names: list[str] | None = None) -> list[str]:
     """Convert a released checkpoint (ECGFounder .pth, fairseq-signals .pt) to a native one.
 
-    Returns report lines: what was read and what was written.
+    ``label_names`` (one per output) replaces the names the file carries (none
+    for fairseq-signals files; ECGFounder's 150 are known). Returns report
+    lines: what was read and what was written.
     """
     src, output = Path(src), Path(output)
     if not src.is_file():
@@ -437,6 +476,10 @@ def import_released(src: str | Path, output: str | Path) -> list[str]:
         raise CheckpointError(f"{src}: a PyTorch file, but neither an ECGFounder nor a fairseq-signals checkpoint")
     else:
         raise CheckpointError(f"{src}: not a checkpoint (neither a PyTorch file nor safetensors)")
+    if label_names is not None:
+        _attach_label_names(model, label_names, src)
+        shown = ", ".join(label_names[:4]) + (", …" if len(label_names) > 4 else "")
+        lines.append(f"  label names: {shown} ({len(label_names)})")
     save_checkpoint(model, output)
     n = len(model.state_dict())
     lines.append(f"wrote {output} ({n} tensors, {parameter_count(model):,} parameters, "
