@@ -17,10 +17,12 @@ T = TypeVar("T")
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "rec",
-             count=None) -> Iterator[T]:
+             count=None, postfix=None) -> Iterator[T]:
     """A tqdm bar on a terminal; a log line every 30 s otherwise (clusters).
 
-    ``count(item)`` says how many units one item is worth (e.g. rows of a batch).
+    ``count(item)`` says how many units one item is worth (e.g. rows of a batch);
+    ``postfix(item)`` an optional short status (e.g. the current loss) shown on
+    the bar and appended to the log lines.
     """
     count = count or (lambda _: 1)
     if state.quiet:
@@ -32,6 +34,8 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
         with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
             for item in items:
                 yield item
+                if postfix is not None:
+                    bar.set_postfix_str(postfix(item), refresh=False)
                 bar.update(count(item))
         return
     done, start, last = 0, time.monotonic(), time.monotonic()
@@ -43,7 +47,8 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
             last = now
             rate = done / max(now - start, 1e-9)
             of = f"/{total}" if total else ""
-            log.info("%s: %d%s %s (%.1f %s/s)", desc, done, of, unit, rate, unit)
+            extra = f" {postfix(item)}" if postfix is not None else ""
+            log.info("%s: %d%s %s (%.1f %s/s)%s", desc, done, of, unit, rate, unit, extra)
 
 
 def finish(errors: RecordErrors, done_msg: str | None = None) -> None:

@@ -92,7 +92,7 @@ def finetune(
       ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --task multiclass -o af.safetensors
     """
     from ecgtool.cli.common import progress
-    from ecgtool.cli.pretrain import parse_floats
+    from ecgtool.cli.pretrain import _status, parse_floats
     from ecgtool.train.finetune import FinetuneConfig, Finetuner
     from ecgtool.train.loop import LoopConfig
 
@@ -122,7 +122,7 @@ def finetune(
                  len(ft.label_names), r["train_rows"], r["val_rows"], r["test_rows"], r["split"])
     steps = ft.steps()
     if ft.dist.is_main:
-        steps = progress(steps, total=ft.total_steps, desc="finetune", unit="step")
+        steps = progress(steps, total=ft.total_steps, desc="finetune", unit="step", postfix=_status)
     for _ in steps:
         pass
     result = ft.finish()

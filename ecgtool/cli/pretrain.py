@@ -26,6 +26,14 @@ def parse_floats(text: str, n: int, option: str) -> tuple[float, ...]:
     return vals
 
 
+def _status(rec: dict) -> str:
+    """Short status of one update for the progress bar / cluster log lines."""
+    text = f"step {rec['step']} loss {rec['loss']:.4f}"
+    if "eval" in rec:
+        text += f" val AUPRC {rec['eval'].get('macro_auprc', float('nan')):.4f}"
+    return text
+
+
 @app.command("pretrain")
 def pretrain(
     src: Input,
@@ -108,7 +116,7 @@ def pretrain(
     last = None
     steps = trainer.steps()
     if trainer.dist.is_main:
-        steps = progress(steps, total=trainer.total_steps, desc="pretrain", unit="step")
+        steps = progress(steps, total=trainer.total_steps, desc="pretrain", unit="step", postfix=_status)
     for last in steps:
         pass
     path = trainer.finish()

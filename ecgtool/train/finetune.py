@@ -358,8 +358,9 @@ class Finetuner:
             hit_records = len(rec_ids & {str(v) for v in table.column("record_id").to_pylist()})
             self.report.update(label_rows=table.num_rows, joined_rows=joined, joined_records=hit_records,
                                records=n_rec)
-            log.info("labels: %d of %d rows (%d of %d records) joined %s by record_id", joined, len(self.data),
-                     hit_records, n_rec, labels)
+            if self.dist.is_main:
+                log.info("labels: %d of %d rows (%d of %d records) joined %s by record_id", joined,
+                         len(self.data), hit_records, n_rec, labels)
             if joined == 0:
                 ex_t = self.data.record_ids[0]
                 ex_l = str(table.column("record_id")[0].as_py()) if table.num_rows else "-"
