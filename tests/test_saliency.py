@@ -79,3 +79,45 @@ def test_gradient_saliency_on_the_cnn_is_per_lead(cli, fixtures, tmp_path, data_
     assert res.exit_code == 2 and "no attention" in res.output
     res = cli(["saliency", "-m", ck, hea, "--label", "AFIB", "-o", out])
     assert res.exit_code == 2 and "unknown label" in res.output
+
+
+@pytest.mark.parametrize("leads", [["i"], ["i", "ii"], None])
+def test_png_layout_has_room_for_text_and_peaks(data_dir, leads):
+    # a one-lead strip used to put the title over the subtitle, cut the colour bar's
+    # labels off and clip R waves at the top of the paper
+    import wfdb
+    from matplotlib.collections import LineCollection
+
+    from ecgtool.analysis.ecgplot import CLIP_MV, saliency_figure
+
+    rec = wfdb.rdrecord(str(data_dir / "ludb" / "data" / "1"), channel_names=leads)
+    x = rec.p_signal.T.astype(np.float32)
+    x = (x - x.mean()) / x.std()  # record z-score: R waves of several SD
+    sal = np.abs(x) / np.abs(x).max()
+    fig = saliency_figure(x, sal, rec.fs, rec.sig_name, title="1: AF (p = 0.91)",
+                          subtitle="gradient saliency, model.safetensors", units="record-zscore")
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = [t for t in fig.texts if t.get_text()] + [fig._suptitle]
+        cb_ax = fig.axes[-1]
+        texts += [t for t in cb_ax.get_xticklabels() if t.get_text()] + [cb_ax.xaxis.label]
+        extents = [t.get_window_extent(r) for t in texts]
+        for t, e in zip(texts, extents):  # every text inside the figure
+            assert e.x0 >= box.x0 - 1 and e.x1 <= box.x1 + 1 and e.y0 >= box.y0 - 1 and e.y1 <= box.y1 + 1, t
+        title, subtitle = fig._suptitle.get_window_extent(r), fig.texts[-1].get_window_extent(r)
+        assert not title.overlaps(subtitle)
+        paper = fig.axes[0]
+        assert not title.overlaps(paper.get_window_extent(r)) and not subtitle.overlaps(paper.get_window_extent(r))
+        lo, hi = paper.get_ylim()
+        ys = np.concatenate([seg[:, 1] for c in paper.collections if isinstance(c, LineCollection)
+                             for seg in c.get_segments()])
+        peak = ys.max()
+        assert lo <= ys.min() and peak <= hi  # no trace leaves the paper
+        assert peak - ys.min() > 1.0  # the real QRS complexes are drawn
+        assert peak < hi - 0.1 or peak - ys.min() >= CLIP_MV  # not cut flat by the paper's edge
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

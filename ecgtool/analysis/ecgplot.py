@@ -15,6 +15,9 @@ import numpy as np
 
 LAYOUT = (("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))
 ROW_MV = 3.0  # height of one row in mV (30 mm)
+CLIP_MV = 0.8 * ROW_MV  # a trace is clipped this far from its row's baseline
+PAD_MV = 1.0  # paper above the top row and below the bottom one: CLIP_MV - ROW_MV / 2 < PAD_MV
+TOP_IN, BOTTOM_IN, SIDE_IN = 0.75, 0.7, 0.2  # margins (inches): title and subtitle; colour bar
 
 
 def _plt():
@@ -27,14 +30,15 @@ def _plt():
 
 
 def _grid(ax, width_s: float, height_mv: float) -> None:
+    """Paper from -PAD_MV to height_mv + PAD_MV, so the top and bottom rows have headroom."""
     minor = dict(color="#f4c7c3", linewidth=0.4, zorder=0)
     major = dict(color="#e06666", linewidth=0.8, zorder=0)
     for t in np.arange(0, width_s + 1e-9, 0.04):
         ax.axvline(t, **(major if abs(t / 0.2 - round(t / 0.2)) < 1e-6 else minor))
-    for v in np.arange(0, height_mv + 1e-9, 0.1):
+    for v in np.arange(-PAD_MV, height_mv + PAD_MV + 1e-9, 0.1):
         ax.axhline(v, **(major if abs(v / 0.5 - round(v / 0.5)) < 1e-6 else minor))
     ax.set_xlim(0, width_s)
-    ax.set_ylim(0, height_mv)
+    ax.set_ylim(-PAD_MV, height_mv + PAD_MV)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -44,7 +48,7 @@ def _grid(ax, width_s: float, height_mv: float) -> None:
 def _trace(ax, t: np.ndarray, y: np.ndarray, s: np.ndarray, cmap, norm, base: float):
     from matplotlib.collections import LineCollection
 
-    y = np.clip(base + y - np.median(y), base - 0.8 * ROW_MV, base + 0.8 * ROW_MV)
+    y = np.clip(base + y - np.median(y), base - CLIP_MV, base + CLIP_MV)
 
     pts = np.stack([t, y], axis=1)
     segs = np.stack([pts[:-1], pts[1:]], axis=1)
@@ -54,9 +58,32 @@ def _trace(ax, t: np.ndarray, y: np.ndarray, s: np.ndarray, cmap, norm, base: fl
     return lc
 
 
+def _paper(plt, width_s: float, height_mv: float, min_width_in: float = 6.0, max_width_in: float = 30.0):
+    """A figure whose margins are fixed in inches (so a one-lead strip has room for its
+    title, subtitle and colour bar) around paper at 25 mm/s and 10 mm/mV (scaled by 1.2)."""
+    mm = 1.2 / 25.4
+    paper_w = max(min_width_in - 2 * SIDE_IN, min(max_width_in - 2 * SIDE_IN, width_s * 25 * mm))
+    paper_h = (height_mv + 2 * PAD_MV) * 10 * mm
+    fig_w, fig_h = paper_w + 2 * SIDE_IN, paper_h + TOP_IN + BOTTOM_IN
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
+    ax = fig.add_axes((SIDE_IN / fig_w, BOTTOM_IN / fig_h, paper_w / fig_w, paper_h / fig_h))
+    return fig, ax
+
+
 def plot_saliency(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: Sequence[str],
                   path: str | Path, title: str = "", subtitle: str = "", units: str = "mV") -> Path:
     """Write a PNG of ``signal`` (leads, samples) coloured by ``saliency`` (same shape, 0..1)."""
+    plt = _plt()
+    fig = saliency_figure(signal, saliency, fs, leads, title=title, subtitle=subtitle, units=units)
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def saliency_figure(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: Sequence[str],
+                    title: str = "", subtitle: str = "", units: str = "mV"):
+    """The matplotlib figure that :func:`plot_saliency` writes (the caller closes it)."""
     plt = _plt()
     from matplotlib.colors import Normalize
 
@@ -70,12 +97,10 @@ def plot_saliency(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: Se
     seconds = n / fs
     index = {name: i for i, name in enumerate(leads)}
     standard = all(name in index for col in LAYOUT for name in col) and abs(seconds - 10.0) < 0.05
-    mm = 1 / 25.4
     if standard:
         width_s, rows = 10.0, 4
         height = rows * ROW_MV
-        fig = plt.figure(figsize=(250 * mm * 1.2, height * 10 * mm * 1.2 + 1.0), dpi=110)
-        ax = fig.add_axes((0.02, 0.08, 0.96, 0.80))
+        fig, ax = _paper(plt, width_s, height)
         _grid(ax, width_s, height)
         quarter = int(round(2.5 * fs))
         for c, col in enumerate(LAYOUT):
@@ -98,24 +123,21 @@ def plot_saliency(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: Se
     else:
         width_s, rows = seconds, len(leads)
         height = rows * ROW_MV
-        fig = plt.figure(figsize=(max(6.0, min(30.0, width_s * 25 * mm * 1.2)),
-                                  height * 10 * mm * 1.2 + 1.0), dpi=110)
-        ax = fig.add_axes((0.02, 0.08, 0.96, 0.80))
+        fig, ax = _paper(plt, width_s, height)
         _grid(ax, width_s, height)
         for r, name in enumerate(leads):
             base = height - (r + 0.5) * ROW_MV
             y = signal[r]
             _trace(ax, np.arange(n) / fs, y, saliency[r], cmap, norm, base)
             ax.text(0.05, base + 0.9, name, fontsize=9, fontweight="bold", zorder=4)
-    fig.suptitle(title, fontsize=12, fontweight="bold", y=0.985)
+    fig_w, fig_h = fig.get_size_inches()
+    fig.suptitle(title, fontsize=12, fontweight="bold", y=1 - 0.08 / fig_h, va="top")
     scale = "25 mm/s, " + ("10 mm/mV" if units == "mV" else f"{units} signal, 10 mm = 5 SD")
-    fig.text(0.02, 0.93, f"{subtitle}   {scale}", fontsize=8.5)
+    fig.text(SIDE_IN / fig_w, 1 - 0.45 / fig_h, f"{subtitle}   {scale}", fontsize=8.5, va="top")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
-    cax = fig.add_axes((0.70, 0.03, 0.25, 0.018))
+    bar_w = min(3.0, 0.3 * fig_w)
+    cax = fig.add_axes((1 - (SIDE_IN + bar_w) / fig_w, 0.42 / fig_h, bar_w / fig_w, 0.08 / fig_h))
     cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
     cb.set_label("saliency (low → high)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
