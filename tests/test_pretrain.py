@@ -274,7 +274,7 @@ def test_disk_full_keeps_previous_checkpoint_and_other_model_refused(cli, seg, t
     assert r.exit_code == 1 and "different model" in r.output
 
 
-def test_ddp_two_processes_gloo(seg, tmp_path):
+def test_ddp_two_processes_gloo(cli, seg, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -289,6 +289,9 @@ def test_ddp_two_processes_gloo(seg, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     st = torch.load(run / "checkpoints" / "step-00000002" / "state.pt", weights_only=True)
     assert st["world_size"] == 2
+    # resuming it in one process would change every rank's share of the data: refused
+    r = cli(["pretrain", seg, "-o", run, *TINY, "--max-steps", "3", "--resume"])
+    assert r.exit_code == 1 and "2 process(es)" in r.output
 
 
 def test_pretrain_continues_from_imported_fairseq_checkpoint(cli, seg, reference_dir, tmp_path):

@@ -247,6 +247,10 @@ class Loop:
             raise CheckpointError(f"--resume: {ckpt} was written for a different model ("
                                   + "; ".join(diff[:6]) + ")",
                                   "resume with the same -m and options, or use a new --output-dir")
+        if int(st.get("world_size", 1)) != self.dist.world_size:
+            raise CheckpointError(f"--resume: {ckpt} was written by {st.get('world_size')} process(es), this run has "
+                                  f"{self.dist.world_size}", "resume with the same number of processes: each "
+                                  "one's share of the data and its random draws depend on it")
         from safetensors.torch import load_file
 
         tensors = load_file(str(ckpt / "model.safetensors"), device="cpu")
