@@ -17,10 +17,12 @@ SCRATCH=${SCRATCH:-$WORK/scratch.safetensors}
 et() { $ECGTOOL "$@"; }
 
 mkdir -p "$WORK"
+# REFERENCE.csv has no header row; give it one so that the join never depends on which records are read
+{ echo record,label; cat "$DATA/cinc2017/REFERENCE.csv"; } > "$WORK/cinc2017_reference.csv"
 awk -F, 'NR > 1 && $2 == "test" {print "/" $1 ".hea"}' "$HERE/splits.csv" > "$WORK/test_files.txt"
 find "$DATA/ptbxl-500/records100" "$DATA/cinc2017" -name '*.hea' | sort | grep -F -f "$WORK/test_files.txt" \
   > "$WORK/test_inputs.txt"
-et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$DATA/cinc2017/REFERENCE.csv" \
+et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$WORK/cinc2017_reference.csv" \
    --join "$HERE/splits.csv" -o "$WORK/test.raw.parquet" < "$WORK/test_inputs.txt"
 et label "$WORK/test.raw.parquet" --scp-column scp_codes --vocab ptbxl-superclass -o "$WORK/test.labels.ptbxl.parquet"
 et label "$WORK/test.raw.parquet" --class-column label --vocab cinc2017 -o "$WORK/test.labels.cinc2017.parquet"

@@ -38,13 +38,15 @@ FT_ARGS=(-l "$WORK/labels.parquet" --task multilabel --mode full --fold-column s
 
 data() {
   mkdir -p "$WORK"
+  # REFERENCE.csv has no header row; give it one so that the join never depends on which records are read
+  { echo record,label; cat "$DATA/cinc2017/REFERENCE.csv"; } > "$WORK/cinc2017_reference.csv"
   # test records (PTB-XL strat_fold 10, the fixed 20% of CinC 2017 in splits.csv) are never converted here
   awk -F, 'NR > 1 && $2 == "test" {print "/" $1 ".hea"}' "$HERE/splits.csv" > "$WORK/test_files.txt"
   { find "$DATA/ptbxl-500/records100" "$DATA/cinc2017" -name '*.hea' | sort | grep -v -F -f "$WORK/test_files.txt"
     for d in ludb/data cinc2021-sample cpsc2021-sample wfdb-samples formats; do echo "$DATA/$d"; done
   } > "$WORK/train_inputs.txt"
   # records that cannot be read (missing .dat files, Philips XML) are skipped with a message
-  et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$DATA/cinc2017/REFERENCE.csv" \
+  et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$WORK/cinc2017_reference.csv" \
      --join "$HERE/splits.csv" --on-error skip -o "$WORK/train.raw.parquet" < "$WORK/train_inputs.txt"
   # 100 Hz, 12 leads, 5 s windows, per-lead z-score; CinC 2017's lead 'ECG' is lead I; records with
   # none of the 12 leads (blood pressure, respiration, ... in wfdb-samples) are skipped; samples are

@@ -1,0 +1,110 @@
+"""The default model shipped in the package, its input preset, and predict without -m."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecgtool.io import read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "ecgtool" / "data" / "examples" / "ptbxl"
+LABELS = ["NORM", "MI", "STTC", "CD", "HYP", "normal", "AF", "other rhythm", "noisy"]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from ecgtool.models.checkpoint import load_model
+    from ecgtool.models.default import default_model_path
+
+    path = default_model_path()
+    assert path is not None, "ecgtool/data/models/default.safetensors is missing (examples/default-model/train.sh)"
+    return path, load_model(str(path))
+
+
+def test_shipped_model_loads_with_labels_and_contract(default_model):
+    path, model = default_model
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    assert model.family == "ecgfm"
+    assert model.label_names == LABELS
+    c = model.contract
+    assert (c.fs, c.n_samples, c.normalisation, c.preset) == (100.0, 500, "per-lead-zscore", "ecgtool-default")
+    assert list(c.leads) == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    thresholds = model.extra["thresholds"]
+    assert len(thresholds) == len(LABELS) and all(0.0 < t < 1.0 for t in thresholds)
+    assert model.extra["temperature"] > 0
+    # finetuned for inference: no pretraining heads in the shipped file
+    assert model.quantizer is None and model.proj is not None
+
+
+def _predict(cli, src, out):
+    res = cli(["predict", src, "-o", out])
+    assert res.exit_code == 0, res.stderr
+    table, meta = read_table(out)
+    assert meta.info["label_names"] == LABELS
+    return table, res
+
+
+def test_predict_without_model_on_bundled_examples(cli, tmp_path, default_model):
+    table, _ = _predict(cli, EXAMPLES, tmp_path / "pred.parquet")
+    ids = [str(r) for r in table.column("record_id").to_pylist()]
+    assert sorted(ids) == ["00001_hr", "00139_hr", "00180_hr", "00351_hr"]
+    probs = np.stack([np.asarray(table.column(n).to_pylist(), dtype=float) for n in LABELS], 1)
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
+    # the records differ, and so do their predictions
+    assert np.ptp(probs, axis=0).max() > 1e-3
+
+
+def test_predict_with_lead_I_only(cli, tmp_path, default_model):
+    raw = tmp_path / "raw.parquet"
+    assert cli(["convert", EXAMPLES, "-o", raw]).exit_code == 0
+    lead1 = tmp_path / "leadI.parquet"
+    res = cli(["preprocess", "--preset", "ecgtool-default", "--leads", "I", raw, "-o", lead1])
+    assert res.exit_code == 0, res.stderr
+    one, meta = read_table(lead1)
+    assert one.column("leads").to_pylist()[0] == ["I"]
+    full, _ = _predict(cli, raw, tmp_path / "full.parquet")
+    single, res = _predict(cli, lead1, tmp_path / "single.parquet")
+    assert "zero-filled" in res.stderr or "zero" in res.stderr.lower()
+    assert single.column("record_id").to_pylist() == full.column("record_id").to_pylist()
+    p1 = np.stack([np.asarray(single.column(n).to_pylist(), dtype=float) for n in LABELS], 1)
+    p12 = np.stack([np.asarray(full.column(n).to_pylist(), dtype=float) for n in LABELS], 1)
+    assert np.isfinite(p1).all() and (p1 >= 0).all() and (p1 <= 1).all()
+    # the other eleven leads carry information the model uses
+    assert np.abs(p1 - p12).max() > 1e-3
+
+
+def test_default_preset_renames_cinc2017_lead_and_rounds(cli, tmp_path, data_dir):
+    import torch
+
+    rec = data_dir / "cinc2017" / "A00001.hea"
+    raw = tmp_path / "raw.parquet"
+    assert cli(["convert", rec, "-o", raw]).exit_code == 0
+    seg = tmp_path / "seg.parquet"
+    res = cli(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", raw, "-o", seg])
+    assert res.exit_code == 0, res.stderr
+    t, meta = read_table(seg)
+    n = t.num_rows
+    assert n == 30 // 5  # A00001: 9000 samples at 300 Hz = 30 s -> six 5 s windows
+    assert t.column("segment").to_pylist() == list(range(n))
+    assert t.column("fs").to_pylist() == [100.0] * n
+    mask = np.asarray(t.column("lead_mask").to_pylist())
+    assert mask[:, 0].all() and not mask[:, 1:].any()
+    x = np.asarray(t.column("signal").to_pylist(), dtype=np.float32)
+    assert x.shape == (n, 12, 500)
+    assert not x[:, 1:].any() and x[:, 0].std() > 0.5
+    # without the rename the record has none of the 12 leads: a per-record error naming it
+    res = cli(["preprocess", "--preset", "ecgtool-default", raw, "-o", tmp_path / "none.parquet"])
+    assert res.exit_code != 0 and "A00001" in res.stderr
+    # --precision bfloat16: exactly torch's bfloat16 rounding, kept as float32
+    q = tmp_path / "q.parquet"
+    res = cli(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", "--precision", "bfloat16",
+               raw, "-o", q])
+    assert res.exit_code == 0, res.stderr
+    tq, _ = read_table(q)
+    xq = np.asarray(tq.column("signal").to_pylist(), dtype=np.float32)
+    assert np.array_equal(xq, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+    assert not (xq.view(np.uint32) & 0xFFFF).any()
+    assert not np.array_equal(xq, x)
