@@ -249,7 +249,11 @@ def load_probe_data(
     else:
         cols = {n_: np.array(label_column(n_).to_pylist(), dtype=object) for n_ in names}
         for c in src_tab.column_names:
-            if c not in meta and c not in names and c not in STRUCTURAL and _is_flat(src_tab.schema.field(c).type):
+            if c in names or c in STRUCTURAL or not _is_flat(src_tab.schema.field(c).type):
+                continue
+            # The embedding table's metadata wins, unless its column is empty throughout
+            # (e.g. age/sex that a raw format does not carry but the label table does).
+            if c not in meta or all(v is None for v in meta[c]):
                 meta[c] = _column_as_objects(src_tab.column(c))
     for n_ in names:
         meta.pop(n_, None)
