@@ -200,3 +200,20 @@ def test_pipe_closed_early_ends_quietly(tmp_path, data_dir):
     r = _sh(f"{ECGTOOL} convert {data_dir / 'ludb' / 'data'} -o - | head -c 100 > /dev/null", tmp_path)
     assert _codes(r)[0] == 0, r.stderr
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr and "Exception" not in r.stderr
+
+
+def test_info_text_into_head_exits_0(tmp_path, data_dir):
+    # rich's console exits 1 on a closed stdout; `ecgtool info x | head -1` must end like cat does
+    import pyarrow as pa
+
+    from ecgtool.io import TableMeta, write_table
+
+    meta = TableMeta(kind="records")
+    for k in range(200):  # a long history: many lines still to print after head has gone
+        meta.add_step(["ecgtool", "convert", f"part{k}"])
+    write_table(tmp_path / "t.parquet", pa.table({"record_id": ["a"], "fs": [500.0]}), meta)
+    for _ in range(3):
+        r = _sh(f"{ECGTOOL} info t.parquet | head -1 > first.txt", tmp_path)
+        assert _codes(r) == [0, 0], r.stderr
+        assert (tmp_path / "first.txt").read_text().startswith("records table")
+        assert "Traceback" not in r.stderr and "error" not in r.stderr
