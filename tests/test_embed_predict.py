@@ -201,3 +201,20 @@ def test_bad_inputs(ckpts, ptbxl3, tmp_path):
     # predict with an encoder-only model
     res = run("predict", "-m", ckpts["fm"], seg, "-o", tmp_path / "p.parquet")
     assert res.returncode == 2 and b"no classifier head" in res.stderr
+
+
+def test_zero_fill_warning_names_only_leads_the_model_reads(ckpts, data_dir, tmp_path):
+    # a 12-lead table in which only lead I is real (CinC 2017 through the ecgfounder preset):
+    # the 1-lead model reads lead I alone, so nothing it uses is zero-filled
+    heas = sorted((data_dir / "cinc2017").glob("A0000*.hea"))[:2]
+    rec, pre = tmp_path / "rec.parquet", tmp_path / "pre.parquet"
+    assert run("convert", *heas, "-o", rec).returncode == 0
+    res = run("preprocess", "--preset", "ecgfounder", "--rename", "ECG=I", rec, "-o", pre)
+    assert res.returncode == 0, res.stderr.decode()
+    assert pq.read_table(pre).column("lead_mask").to_pylist()[0] == [True] + [False] * 11
+    one = run("embed", "-m", ckpts["founder1"], pre, "-o", tmp_path / "e1.parquet")
+    assert one.returncode == 0, one.stderr.decode()
+    assert b"zero-filled" not in one.stderr
+    twelve = run("embed", "-m", ckpts["founder"], pre, "-o", tmp_path / "e12.parquet")
+    assert twelve.returncode == 0, twelve.stderr.decode()
+    assert b"leads II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6 are absent and zero-filled" in twelve.stderr

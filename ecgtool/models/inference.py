@@ -185,7 +185,7 @@ class Adapter:
         fs0, leads0 = float(fs[0]), list(leads[0])
         if S.LEAD_MASK in batch.schema.names:
             for m in {tuple(m) for m in S.column_values(batch, S.LEAD_MASK) if m is not None}:
-                absent = [name for name, ok in zip(leads0, m) if not ok]
+                absent = [name for name, ok in zip(leads0, m) if not ok and name in c.leads]  # the model's only
                 if absent:
                     self._note(f"leads {','.join(absent)} are absent and zero-filled (as random lead masking "
                                "trains for); predictions may be less reliable", warn=True)
