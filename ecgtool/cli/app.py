@@ -58,6 +58,17 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 class EcgtoolGroup(TyperGroup):
     """Turns library errors into one-line messages and exit codes."""
 
+    def main(self, args=None, prog_name=None, *a, **kw):
+        # Commands record their command line (sys.argv) in the tables they write;
+        # when the app is called in-process with explicit args, those are the command line.
+        saved = sys.argv
+        if args is not None:
+            sys.argv = ["ecgtool", *map(str, args)]
+        try:
+            return super().main(args, prog_name, *a, **kw)
+        finally:
+            sys.argv = saved
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
