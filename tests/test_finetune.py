@@ -358,3 +358,19 @@ def test_finetune_resume_matches_uninterrupted(cli, ptbxl, tmp_path):
     assert ma.extra["thresholds"] == mb.extra["thresholds"] and ma.extra["temperature"] == mb.extra["temperature"]
     sa, sb = ma.state_dict(), mb.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_drop_leads_keeps_a_signal_and_only_real_leads():
+    from ecgtool.train.finetune import drop_leads
+
+    rng = np.random.default_rng(0)
+    x = np.ones((400, 12, 5), dtype=np.float32)
+    x[:100, 1:] = 0.0  # single-lead rows (zero-filled): only lead 0 carries a signal
+    out = drop_leads(x.copy(), 0.5, 0.3, rng)
+    kept = np.abs(out).sum(-1) > 0
+    assert kept.any(1).all()  # never an all-zero sample
+    assert not kept[:100, 1:].any() and kept[:100, 0].all()
+    frac_single = (kept[100:].sum(1) == 1).mean()
+    assert 0.2 < frac_single < 0.45  # ~0.3 from single_lead_prob (+ rare 1-lead masks)
+    assert 0.35 < kept[100:].mean() < 0.6
+    np.testing.assert_array_equal(drop_leads(x.copy(), 0.0, 0.0, rng), x)

@@ -52,6 +52,12 @@ def finetune(
                                                "rotated towards aVF (I cos t + aVF sin t).")] = False,
     lead_augment_angles: Annotated[str, typer.Option("--lead-augment-angles", help="Rotation angles in "
                                                      "degrees (each used with both signs).")] = "15,30,45",
+    lead_dropout: Annotated[float, typer.Option("--lead-dropout", help="Zero each lead of a training sample with "
+                                                "this probability (random lead masking), so the model works "
+                                                "with missing leads.")] = 0.0,
+    single_lead_prob: Annotated[float, typer.Option("--single-lead-prob", help="Zero all leads but one (chosen "
+                                                    "among those with a signal) in this fraction of training "
+                                                    "samples.")] = 0.0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lr: Annotated[float, typer.Option("--lr")] = 5e-5,
     betas: Annotated[str, typer.Option("--betas")] = "0.9,0.98",
@@ -105,7 +111,8 @@ def finetune(
                          weight_decay=weight_decay, batch_size=batch_size, fold_column=fold_column,
                          val_folds=_list(val_folds), test_folds=_list(test_folds), group_column=group_column,
                          val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,
-                         lead_augment_angles=angles)
+                         lead_augment_angles=angles, lead_dropout=lead_dropout,
+                         single_lead_prob=single_lead_prob)
     if max_steps is None and max_epochs is None:
         max_epochs = 10
     rd = run_dir or output.with_name(output.stem + ".run")

@@ -88,6 +88,8 @@ class FinetuneConfig:
     test_fraction: float = 0.0
     lead_augment: bool = False
     lead_augment_angles: tuple[float, ...] = (15.0, 30.0, 45.0)
+    lead_dropout: float = 0.0                 # each lead zeroed with this probability (as RLM)
+    single_lead_prob: float = 0.0             # or, with this probability, all leads but one zeroed
     eval_batch_size: int = 64
 
     def check(self) -> None:
@@ -104,6 +106,9 @@ class FinetuneConfig:
             raise UsageError(f"--betas {self.betas}: two values in [0, 1)")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+        for name in ("lead_dropout", "single_lead_prob"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1]")
         if self.fold_column and not self.val_folds:
             raise UsageError("--fold-column needs --val-folds")
 
@@ -207,6 +212,24 @@ class FinetuneTask(nn.Module):
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def drop_leads(x: np.ndarray, p: float, single: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero leads of (n, L, T) training inputs, so that a model learns to work
+    with any subset of leads (zero-filled, as at inference): each lead with
+    probability ``p`` (random lead masking), or, for a fraction ``single`` of
+    the samples, every lead but one chosen among those carrying a signal."""
+    n, L = x.shape[:2]
+    present = np.abs(x).sum(-1) > 0
+    keep = rng.random((n, L)) >= p
+    one = rng.random(n) < single
+    choice = np.argmax(rng.random((n, L)) * present, axis=1)
+    keep[one] = False
+    keep[one, choice[one]] = True
+    keep &= present
+    empty = ~keep.any(1)  # never zero every lead of a sample
+    keep[empty] = present[empty]
+    return x * keep[..., None].astype(x.dtype)
 
 
 def macro_scores(y: np.ndarray, s: np.ndarray, multiclass: bool = False) -> dict[str, float]:
@@ -434,6 +457,8 @@ class Finetuner:
             i, f, angles = self.augment
             theta = rng.choice(angles, size=len(rows))
             x[:, 0] = raw[:, i] * np.cos(theta)[:, None] + raw[:, f] * np.sin(theta)[:, None]
+        if rng is not None and (self.cfg.lead_dropout or self.cfg.single_lead_prob):
+            x = drop_leads(x, self.cfg.lead_dropout, self.cfg.single_lead_prob, rng)
         return x
 
     def make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
