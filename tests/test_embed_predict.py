@@ -218,3 +218,24 @@ def test_zero_fill_warning_names_only_leads_the_model_reads(ckpts, data_dir, tmp
     twelve = run("embed", "-m", ckpts["founder"], pre, "-o", tmp_path / "e12.parquet")
     assert twelve.returncode == 0, twelve.stderr.decode()
     assert b"leads II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6 are absent and zero-filled" in twelve.stderr
+
+
+def test_raw_folder_input_counts_unreadable_records(ckpts, data_dir, tmp_path):
+    # records that fail on the fly conversion follow --on-error like any other bad record
+    import shutil
+
+    src = data_dir / "wfdb-samples"
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    for name in ("100_3chan.hea", "100_3chan.dat", "1003.hea"):  # 1003.dat is not in wfdb-samples
+        shutil.copy(src / name, folder / name)
+    res = run("embed", "-m", ckpts["founder"], folder, "-o", tmp_path / "e.parquet")
+    err = res.stderr.decode()
+    assert res.returncode == 3, err
+    assert "skipped 1003: file 1003.dat is missing" in err and "1 record skipped" in err
+    assert pq.read_table(tmp_path / "e.parquet").column("record_id").to_pylist() == ["100_3chan"]
+    res = run("predict", "-m", ckpts["founder"], folder, "--on-error", "fail", "-o", tmp_path / "p.parquet")
+    assert res.returncode == 1 and "1003.dat is missing" in res.stderr.decode()
+    assert not (tmp_path / "p.parquet").exists()
+    res = run("embed", "-m", ckpts["founder"], folder, "--on-error", "skip", "-o", tmp_path / "s.parquet")
+    assert res.returncode == 0, res.stderr.decode()

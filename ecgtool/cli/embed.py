@@ -51,7 +51,7 @@ def embed(
     errors = record_errors(on_error)
     sh = parse_shard(shard)
     net, dev = open_model(model, device)
-    with open_input(src, batch_size) as reader:
+    with open_input(src, batch_size, errors) as reader:
         stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,
                             batch_size=batch_size, pool=pool, local=local, layer=layer, shard=sh,
                             errors=errors, fmt=output_format, argv=sys.argv,

@@ -26,14 +26,17 @@ def open_model(spec: str | None, device: str, allow_random: bool = False):
     return model, dev
 
 
-def open_input(src: str, batch_size: int):
-    """A TableReader over a table, or over raw ECG files converted on the fly."""
+def open_input(src: str, batch_size: int, errors=None):
+    """A TableReader over a table, or over raw ECG files converted on the fly.
+
+    ``errors`` (the command's ``--on-error`` policy) also receives the records
+    that cannot be converted, so they count, and ``fail`` stops at them."""
     from ecgtool.io import open_table
     from ecgtool.io.stream import sniff
 
     p = Path(src)
     if src != "-" and (p.is_dir() or (p.is_file() and sniff(_head(p)) in (None, "npy"))):
-        return RawRecords([src], batch_size)
+        return RawRecords([src], batch_size, errors)
     return open_table(src, batch_size=batch_size)
 
 
@@ -47,7 +50,7 @@ class RawRecords:
 
     format = "raw"
 
-    def __init__(self, inputs: list[str], batch_size: int):
+    def __init__(self, inputs: list[str], batch_size: int, errors=None):
         from ecgtool.convert import discover, output_schema
         from ecgtool.errors import InputError
         from ecgtool.io.schema import TableMeta
@@ -60,6 +63,7 @@ class RawRecords:
         self.meta = TableMeta(kind="records")
         self.num_rows = len(self._found.items)
         self._batch_size = batch_size
+        self._errors = errors
 
     def __iter__(self):
         from ecgtool.convert import read_batches
@@ -69,7 +73,10 @@ class RawRecords:
             if res.fatal:
                 raise EcgtoolError(res.fatal[1], res.fatal[2])
             for rid, cause, hint in res.errors:
-                log.error("skipped %s", RecordError(rid, cause, hint))
+                if self._errors is not None:
+                    self._errors(RecordError(rid, cause, hint))
+                else:
+                    log.error("skipped %s", RecordError(rid, cause, hint))
             yield from res.batches
 
     def close(self) -> None:

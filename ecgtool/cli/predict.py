@@ -58,7 +58,7 @@ def predict(
     net, dev = open_model(model, device)
     with tempfile.TemporaryDirectory(prefix="ecgtool-predict-") as tmp:
         dest = f"{tmp}/pred.arrow" if summary else shard_path(output or "-", sh)
-        with open_input(src, batch_size) as reader:
+        with open_input(src, batch_size, errors) as reader:
             stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
                                   aggregate=aggregate, shard=sh, errors=errors, fmt=output_format,
                                   argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),

@@ -47,7 +47,7 @@ def saliency(
 
     errors = record_errors(on_error)
     net, dev = open_model(model, device)
-    with open_input(src, batch_size) as reader:
+    with open_input(src, batch_size, errors) as reader:
         rows = saliency_table(reader, output, net, device=dev, label=label, method=method, steps=steps,
                               batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
                               argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
