@@ -121,3 +121,38 @@ def test_png_layout_has_room_for_text_and_peaks(data_dir, leads):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_png_of_a_long_record_is_squeezed_honestly(data_dir):
+    # a 10-min CPSC 2021 record: the picture cannot be 25 mm/s, so it says its real
+    # speed, spaces its grid out, and draws each trace as a min/max envelope that keeps
+    # every peak (instead of 3 million line segments)
+    import wfdb
+    from matplotlib.collections import LineCollection
+
+    from ecgtool.analysis.ecgplot import CLIP_MV, saliency_figure
+
+    rec = wfdb.rdrecord(str(data_dir / "cpsc2021-sample" / "data_84_1"))
+    x = rec.p_signal.T.astype(np.float32)
+    sal = np.linspace(0, 1, x.shape[1], dtype=np.float32)[None].repeat(x.shape[0], 0)
+    fig = saliency_figure(x, sal, rec.fs, rec.sig_name, title="data_84_1", subtitle="gradient saliency")
+    try:
+        import matplotlib.pyplot as plt
+
+        paper = fig.axes[0]
+        seconds = x.shape[1] / rec.fs
+        assert seconds > 60 and paper.mm_per_s < 25
+        assert f"{paper.mm_per_s:.2g} mm/s" in fig.texts[-1].get_text()
+        traces = [c for c in paper.collections if isinstance(c, LineCollection) and c.get_array() is not None]
+        grid = [c for c in paper.collections if c not in traces]
+        assert len(traces) == 2 and sum(len(c.get_segments()) for c in grid) < 2000
+        px = paper.get_position().width * fig.bbox.width
+        for r, c in enumerate(traces):
+            segs = np.asarray(c.get_segments())
+            assert len(segs) <= 4 * px + 4 < x.shape[1]
+            base = 1.5 * 3.0 if r == 0 else 0.5 * 3.0  # row centres (ROW_MV = 3) from the top
+            y = np.clip(x[r] - np.median(x[r]), -CLIP_MV, CLIP_MV)
+            np.testing.assert_allclose(segs[:, :, 1].max() - base, y.max(), atol=1e-5)
+            np.testing.assert_allclose(segs[:, :, 1].min() - base, y.min(), atol=1e-5)
+    finally:
+        plt.close(fig)

@@ -29,14 +29,26 @@ def _plt():
     return plt
 
 
-def _grid(ax, width_s: float, height_mv: float) -> None:
-    """Paper from -PAD_MV to height_mv + PAD_MV, so the top and bottom rows have headroom."""
-    minor = dict(color="#f4c7c3", linewidth=0.4, zorder=0)
-    major = dict(color="#e06666", linewidth=0.8, zorder=0)
-    for t in np.arange(0, width_s + 1e-9, 0.04):
-        ax.axvline(t, **(major if abs(t / 0.2 - round(t / 0.2)) < 1e-6 else minor))
-    for v in np.arange(-PAD_MV, height_mv + PAD_MV + 1e-9, 0.1):
-        ax.axhline(v, **(major if abs(v / 0.5 - round(v / 0.5)) < 1e-6 else minor))
+def _grid(ax, width_s: float, height_mv: float, minor: bool = True, t_major: float = 0.2) -> None:
+    """Paper from -PAD_MV to height_mv + PAD_MV, so the top and bottom rows have headroom.
+
+    Lines are drawn as two collections (one per weight), not one artist per line:
+    a 10 min record has 15,000 of them. ``minor=False`` leaves out the 1 mm squares
+    (for paper squeezed below 25 mm/s, where they would fill the page), and
+    ``t_major`` spaces the vertical major lines further apart there."""
+    from matplotlib.collections import LineCollection
+
+    top = height_mv + PAD_MV
+    ts = np.arange(0, width_s + 1e-9, 0.04 if minor else t_major)
+    vs = np.arange(-PAD_MV, top + 1e-9, 0.1)
+    t_is_major = np.abs(ts / t_major - np.round(ts / t_major)) < 1e-6
+    v_major = np.abs(vs / 0.5 - np.round(vs / 0.5)) < 1e-6
+    for major, color, width in ((False, "#f4c7c3", 0.4), (True, "#e06666", 0.8)):
+        if not major and not minor:
+            continue
+        sel_t, sel_v = ts[t_is_major == major], vs[v_major == major]
+        lines = [((t, -PAD_MV), (t, top)) for t in sel_t] + [((0, v), (width_s, v)) for v in sel_v]
+        ax.add_collection(LineCollection(lines, colors=color, linewidths=width, zorder=0))
     ax.set_xlim(0, width_s)
     ax.set_ylim(-PAD_MV, height_mv + PAD_MV)
     ax.set_xticks([])
@@ -49,6 +61,7 @@ def _trace(ax, t: np.ndarray, y: np.ndarray, s: np.ndarray, cmap, norm, base: fl
     from matplotlib.collections import LineCollection
 
     y = np.clip(base + y - np.median(y), base - CLIP_MV, base + CLIP_MV)
+    t, y, s = _envelope(t, y, s, max_points=4 * int(ax.get_position().width * ax.figure.bbox.width) + 4)
 
     pts = np.stack([t, y], axis=1)
     segs = np.stack([pts[:-1], pts[1:]], axis=1)
@@ -56,6 +69,32 @@ def _trace(ax, t: np.ndarray, y: np.ndarray, s: np.ndarray, cmap, norm, base: fl
     lc.set_array(0.5 * (s[:-1] + s[1:]))
     ax.add_collection(lc)
     return lc
+
+
+def _envelope(t: np.ndarray, y: np.ndarray, s: np.ndarray, max_points: int):
+    """At most about ``max_points`` points for a trace that has more samples than the
+    picture has pixels: the minimum and the maximum of each run of samples, in time
+    order (so every QRS peak stays drawn), with the run's highest saliency."""
+    n = len(t)
+    if n <= max_points:
+        return t, y, s
+    k = int(np.ceil(2 * n / max_points))
+    m = n // k
+    yy = y[: m * k].reshape(m, k)
+    lo, hi = yy.argmin(axis=1), yy.argmax(axis=1)
+    first, second = np.minimum(lo, hi), np.maximum(lo, hi)
+    idx = (np.arange(m) * k)[:, None] + np.stack([first, second], axis=1)
+    sal = np.repeat(s[: m * k].reshape(m, k).max(axis=1), 2)
+    idx = idx.ravel()
+    return t[idx], y[idx], sal
+
+
+def _major_step(mm_per_s: float) -> float:
+    """Seconds between vertical major lines: 0.2 s at 25 mm/s, a power of ten times
+    that on squeezed paper (so the lines stay apart)."""
+    if mm_per_s > 24.9:
+        return 0.2
+    return 0.2 * 10 ** int(np.ceil(np.log10(25.0 / mm_per_s)))
 
 
 def _paper(plt, width_s: float, height_mv: float, min_width_in: float = 6.0, max_width_in: float = 30.0):
@@ -67,6 +106,7 @@ def _paper(plt, width_s: float, height_mv: float, min_width_in: float = 6.0, max
     fig_w, fig_h = paper_w + 2 * SIDE_IN, paper_h + TOP_IN + BOTTOM_IN
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
     ax = fig.add_axes((SIDE_IN / fig_w, BOTTOM_IN / fig_h, paper_w / fig_w, paper_h / fig_h))
+    ax.mm_per_s = paper_w / mm / width_s  # 25 unless a long record was squeezed into max_width_in
     return fig, ax
 
 
@@ -101,7 +141,7 @@ def saliency_figure(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: 
         width_s, rows = 10.0, 4
         height = rows * ROW_MV
         fig, ax = _paper(plt, width_s, height)
-        _grid(ax, width_s, height)
+        _grid(ax, width_s, height, minor=ax.mm_per_s > 24.9)
         quarter = int(round(2.5 * fs))
         for c, col in enumerate(LAYOUT):
             for r, name in enumerate(col):
@@ -124,7 +164,7 @@ def saliency_figure(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: 
         width_s, rows = seconds, len(leads)
         height = rows * ROW_MV
         fig, ax = _paper(plt, width_s, height)
-        _grid(ax, width_s, height)
+        _grid(ax, width_s, height, minor=ax.mm_per_s > 24.9, t_major=_major_step(ax.mm_per_s))
         for r, name in enumerate(leads):
             base = height - (r + 0.5) * ROW_MV
             y = signal[r]
@@ -132,7 +172,11 @@ def saliency_figure(signal: np.ndarray, saliency: np.ndarray, fs: float, leads: 
             ax.text(0.05, base + 0.9, name, fontsize=9, fontweight="bold", zorder=4)
     fig_w, fig_h = fig.get_size_inches()
     fig.suptitle(title, fontsize=12, fontweight="bold", y=1 - 0.08 / fig_h, va="top")
-    scale = "25 mm/s, " + ("10 mm/mV" if units == "mV" else f"{units} signal, 10 mm = 5 SD")
+    speed = fig.axes[0].mm_per_s
+    scale = (f"{speed:.0f} mm/s" if speed > 24.9 else
+             f"{speed:.2g} mm/s, a line every {_major_step(speed):g} s (a {width_s:g} s record squeezed to fit; "
+             "the saliency table holds every sample)") + ", "
+    scale += "10 mm/mV" if units == "mV" else f"{units} signal, 10 mm = 5 SD"
     fig.text(SIDE_IN / fig_w, 1 - 0.45 / fig_h, f"{subtitle}   {scale}", fontsize=8.5, va="top")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
     bar_w = min(3.0, 0.3 * fig_w)
