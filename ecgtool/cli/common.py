@@ -68,3 +68,16 @@ def finish(errors: RecordErrors, done_msg: str | None = None) -> None:
 
 def record_errors(policy: str | None) -> RecordErrors:
     return RecordErrors(policy, log)
+
+
+def console(**kwargs):
+    """A rich Console for text output; a closed pipe (``| head``) ends the command quietly with exit 0
+    (rich alone would exit 1)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    kwargs.setdefault("highlight", False)
+    return _Console(**kwargs)

@@ -35,14 +35,11 @@ def info(
 
 
 def _print_text(d: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:  # rich would exit 1; the app ends a closed pipe quietly with 0
-            raise BrokenPipeError
+    from ecgtool.cli.common import console
 
-    con = _Console(highlight=False, soft_wrap=True)
+    con = console(soft_wrap=True)
     con.print(f"[bold]{d['kind']}[/bold] table ({d['format']}, format {d['format_version']}): {d['rows']} rows"
               + (f" from {d['records']} records" if "records" in d else ""))
     if "sampling_rates" in d:

@@ -110,10 +110,10 @@ def _fmt(x, digits=3) -> str:
 
 
 def _print_report(rep: dict) -> None:
-    from rich.console import Console
+    from ecgtool.cli.common import console
     from rich.table import Table
 
-    con = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+    con = console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
     un = rep["unlabelled"]
     con.print(f"[bold]{rep['vocabulary']}[/bold]: {len(rep['labels'])} labels from {json.dumps(rep['sources'])}; "
               f"{rep['records']} records, {rep['labelled']} labelled, unlabelled: {un['empty']} empty, "

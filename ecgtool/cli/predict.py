@@ -69,14 +69,14 @@ def predict(
 
 
 def _print_summary(path: str, top: int) -> None:
-    from rich.console import Console
+    from ecgtool.cli.common import console
 
     from ecgtool.io import read_table
 
     table, meta = read_table(path)
     names = meta.info["label_names"]
     thr = dict(zip(names, meta.info["thresholds"]))
-    con = Console(highlight=False)
+    con = console()
     con.print(f"model: {meta.info.get('model')}")
     for row in table.to_pylist():
         con.print(f"\n[bold]{row['record_id']}[/bold]")

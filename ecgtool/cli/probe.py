@@ -183,12 +183,12 @@ def _cell(m: dict | None, ci: bool = True) -> str:
 
 
 def _print_table(rep: dict) -> None:
-    from rich.console import Console
+    from ecgtool.cli.common import console
     from rich.table import Table
 
-    con = Console(highlight=False, soft_wrap=True)
+    con = console(soft_wrap=True)
     if not con.is_terminal:
-        con = Console(highlight=False, soft_wrap=True, width=160)  # a file or pipe: no wrapping of the table
+        con = console(soft_wrap=True, width=160)  # a file or pipe: no wrapping of the table
     rec = rep["records"]
     line = f"{rec['records']} records"
     if "joined" in rec:
