@@ -43,7 +43,7 @@ from ecgtool.signal import quality as Q
 from ecgtool.signal import resample as R
 from ecgtool.signal import segment as G
 from ecgtool.signal.derive import apply_plan, lead_plan
-from ecgtool.signal.leads import STANDARD_12, normalize_leads, parse_lead_list
+from ecgtool.signal.leads import KNOWN, STANDARD_12, normalize_leads, parse_lead_list
 
 log = logging.getLogger("ecgtool")
 
@@ -299,6 +299,7 @@ class Preprocessor:
         self._plans: dict[tuple, list] = {}
         self._names: dict[tuple, tuple] = {}
         self._rename = rename_map(config.rename)
+        self._generic_told: set[str] = set()
         self._sos: dict[float, list] = {}
         self.limits = Q.QualityLimits(config.flat_mv, config.clip_ms, config.clip_plateaus, config.amplitude_mv)
         self.records_in = 0
@@ -414,6 +415,7 @@ class Preprocessor:
                 names = self._names[raw] = tuple(normalize_leads(raw))
             if self._rename:
                 names = tuple(self._rename.get(n, n) for n in names)
+            names = self._single_lead_as_i(names, rid)
             if len(names) != x.shape[0]:
                 self._fail(rid, f"{len(names)} lead names for {x.shape[0]} leads")
                 continue
@@ -478,6 +480,19 @@ class Preprocessor:
         self.rows_out += len(idx)
         self.records_out += len(np.unique(idx))
         return self._assemble(batch, idx, seg, sig, mask, qcols)
+
+    def _single_lead_as_i(self, names: tuple, rid: str) -> tuple:
+        """A record with one lead under a generic name (CinC 2017's AliveCor 'ECG', 'ECG1', ...) is taken as
+        lead I, what handheld and patch single-lead recorders record, when lead I is asked for;
+        --rename says otherwise. Told once per name."""
+        if (len(names) == 1 and names[0] not in KNOWN and names[0].upper().startswith("ECG")
+                and self.cfg.leads is not None and "I" in self.cfg.leads and not self._rename):
+            if names[0] not in self._generic_told:
+                self._generic_told.add(names[0])
+                log.warning("single lead %r (first in %s) taken as lead I; use --rename %s=LEAD to say otherwise",
+                            names[0], rid, names[0])
+            return ("I",)
+        return names
 
     def _process_group(self, x: np.ndarray, mask: np.ndarray, fs: float, ids: Sequence[str], names: Sequence[str] = ()):
         """x (n, L, T) in mV -> (kept row positions, segment index, (rows, L, T) float32, flags)."""

@@ -327,9 +327,12 @@ def test_rename_single_lead_into_preset(data_dir):
 
     rows = _cinc2017(data_dir, ("A00001",))
     errors = RecordErrors("skip")
-    out, _ = _run(rows, "ecg-fm", errors=errors)
-    assert out is None and errors.count == 1  # 'ECG' is none of the 12 leads
+    out, _ = _run(rows, "ecg-fm", rename=["ECG=II"], leads=["I"], errors=errors)
+    assert out is None and errors.count == 1  # renamed to II: none of the asked-for leads
+    # a single lead under a generic name ('ECG', AliveCor) is taken as lead I by default ...
+    default, _ = _run(rows, "ecg-fm")
     out, _ = _run(rows, "ecg-fm", rename=["ECG=I"])
+    np.testing.assert_array_equal(batch_signal_array(default), batch_signal_array(out))
     x = batch_signal_array(out)
     mask = out.column(out.schema.get_field_index("lead_mask")).to_pylist()[0]
     assert mask == [True] + [False] * 11  # III, aVR, ... need lead II as well
