@@ -8,17 +8,17 @@ from ecgtool.cli.app import app
 
 # Order here is the order in --help.
 COMMANDS = [
-    "info",
     "convert",
-    "models",
     "preprocess",
     "label",
-    "embed",
-    "predict",
-    "saliency",
-    "probe",
     "pretrain",
     "finetune",
+    "embed",
+    "predict",
+    "probe",
+    "saliency",
+    "models",
+    "info",
 ]
 
 for _name in COMMANDS:
