@@ -67,16 +67,6 @@ interrupted
 ecgtool convert data/ptbxl/records500 \-o \- | ecgtool preprocess \-\-preset ecg\-fm \- \-o seg.parquet
 ecgtool info seg.parquet
 .fi
-.SH GLOBAL OPTIONS
-.TP
-\fB\-v\fR, \fB\-\-verbose\fR
-more log lines; tracebacks on errors
-.TP
-\fB\-q\fR, \fB\-\-quiet\fR
-only errors on stderr; no progress bar
-.TP
-\fB\-\-version\fR
-print the version and exit
 """
 
 
