@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from ecgtool.errors import EcgtoolError, InputError, RecordError, RecordErrors, UsageError
-from ecgtool.formats import ANNOTATION_EXTENSIONS, ARRAY_EXTENSIONS, RECORD_EXTENSIONS
+from ecgtool.formats import ARRAY_EXTENSIONS, RECORD_EXTENSIONS
 from ecgtool.io import schema as S
 
 log = logging.getLogger("ecgtool")

@@ -394,7 +394,6 @@ class Preprocessor:
 
         groups: dict[tuple, list[int]] = {}
         rows: dict[int, np.ndarray] = {}
-        masks: dict[int, np.ndarray] = {}
         for i in range(n):
             rid = ids[i]
             try:

@@ -23,7 +23,7 @@ The Gumbel temperature follows ``max(2 * 0.999995**updates, 0.5)``.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
