@@ -171,7 +171,10 @@ class TableReader:
 
         def gen():
             try:
-                yield from pf.iter_batches(batch_size=self.batch_size)
+                # one row group at a time: iter_batches over the whole file pre-buffers every row group's
+                # column chunks, so memory would grow with the file instead of the batch size
+                for rg in range(pf.num_row_groups):
+                    yield from pf.iter_batches(batch_size=self.batch_size, row_groups=[rg])
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(f"{self.name}: the Parquet file is corrupt ({exc})") from None
 
