@@ -88,6 +88,15 @@ for spec in a.preds:
                        "accuracy_4class": round(float((guess == T).mean()), 4),
                        "class_counts": {n: int((T == k).sum()) for k, n in enumerate(CINC)}}
     boots[name]["cinc2017"] = r["macro_boot"]["f1"]
+    # the AF output on 12-lead PTB-XL ECGs (test records with an AFIB/AFLT label, when the labels have one)
+    rows = [i for i in ptb_rows if lab_ids[i] in pos and not np.isnan(Ylab["AF"][i])]
+    if rows:
+        y = Ylab["AF"][rows]
+        found = [("AF" in (f or [])) for f in pred.column("findings").to_pylist()]
+        flagged = np.array([found[pos[lab_ids[i]]] for i in rows])
+        out["ptbxl_af"] = {"records": len(rows), "with_af": int(y.sum()),
+                           "af_flagged_without_af": int((flagged & (y == 0)).sum()),
+                           "af_flagged_with_af": int((flagged & (y == 1)).sum())}
     results[name] = out
 
 names = list(results)
@@ -111,5 +120,10 @@ for name in names:
     pc, cc = r["ptbxl"]["macro_auroc_ci"], r["cinc2017"]["macro_f1_NAO_ci"]
     print(f"| {name} | {r['ptbxl']['macro_auroc']:.3f} ({pc[0]:.3f}–{pc[1]:.3f}) "
           f"| {r['cinc2017']['macro_f1_NAO']:.3f} ({cc[0]:.3f}–{cc[1]:.3f}) |")
+for name in names:
+    if "ptbxl_af" in results[name]:
+        f = results[name]["ptbxl_af"]
+        print(f"{name}: AF among the findings of {f['af_flagged_without_af']} of {f['records'] - f['with_af']} "
+              f"PTB-XL test ECGs without AF/flutter, {f['af_flagged_with_af']} of {f['with_af']} with it")
 print(f"PTB-XL records: {results[first]['ptbxl']['records']}, CinC 2017 records: {results[first]['cinc2017']['records']}",
       file=sys.stderr)

@@ -26,8 +26,9 @@ et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$WORK/cinc2017_
    --join "$HERE/splits.csv" -o "$WORK/test.raw.parquet" < "$WORK/test_inputs.txt"
 et label "$WORK/test.raw.parquet" --scp-column scp_codes --vocab ptbxl-superclass -o "$WORK/test.labels.ptbxl.parquet"
 et label "$WORK/test.raw.parquet" --class-column label --vocab cinc2017 -o "$WORK/test.labels.cinc2017.parquet"
+et label "$WORK/test.raw.parquet" --scp-column scp_codes --vocab "$HERE/af-ptbxl.json" -o "$WORK/test.labels.af.parquet"
 $PY "$HERE/merge_labels.py" "$WORK/test.labels.ptbxl.parquet" "$WORK/test.labels.cinc2017.parquet" \
-   -o "$WORK/test.labels.parquet"
+   "$WORK/test.labels.af.parquet" -o "$WORK/test.labels.parquet"
 
 # the model's own preset (full float32 precision here); CinC 2017's 'ECG' is lead I
 et preprocess --preset ecgtool-default --rename ECG=I "$WORK/test.raw.parquet" -o "$WORK/test.seg.parquet"

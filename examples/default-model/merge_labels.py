@@ -4,8 +4,9 @@
 
 Rows are joined by record_id (the union of the ids); a label a table does not
 have for a record stays null, so ``ecgtool finetune`` masks it out of the loss:
-PTB-XL records train the superclass outputs only, CinC 2017 records the rhythm
-outputs only. Other columns (patient_id, split, ...) are taken from the first
+PTB-XL records train the superclass outputs (and AF, from its AFIB/AFLT
+statements), CinC 2017 records the rhythm outputs. A label that several tables
+have is combined: each record takes the first non-null value. Other columns (patient_id, split, ...) are taken from the first
 table that has them. ``ecgtool finetune -l`` takes one label table; this is the
 only step of the default model's recipe that is not an ecgtool command.
 """
@@ -44,10 +45,15 @@ for path, table, meta, names, pos in loaded:
     for name in table.schema.names:
         if name == "record_id" or (name in cols and name not in names):
             continue
+        col = table.column(name).combine_chunks().take(take)
         if name in cols:
-            sys.exit(f"{path}: label {name!r} is already in an earlier table")
-        cols[name] = table.column(name).combine_chunks().take(take)
-    label_names += names
+            if name not in label_names:
+                sys.exit(f"{path}: label {name!r} is a column of an earlier table that is not a label")
+            import pyarrow.compute as pc
+
+            col = pc.coalesce(cols[name], col.cast(cols[name].type))
+        cols[name] = col
+    label_names += [n for n in names if n not in label_names]
 first_meta = loaded[0][2]
 meta = first_meta.derive(kind="labels", label_names=label_names,
                          merged_from=[{"table": path, "label_names": names} for path, _, _, names, _ in loaded])

@@ -31,10 +31,12 @@ et() { $ECGTOOL "$@"; }
 # Gumbel temperature decay 0.9995 per update (reaches its floor of 0.5 after ~2800 updates).
 PT_ARGS=(-m ecgtool-default --batch-size "${PT_BATCH:-128}" --lr 3e-4 --clip-norm 1.0 --latent-temp 2,0.5,0.9995
          --seed "$SEED" --device "$DEVICE" ${PT_EXTRA:-})
-# Finetuning: one head for 9 outputs (PTB-XL superclasses + CinC 2017 classes), BCE with pos_weight,
+# Finetuning: one head for 9 outputs (PTB-XL superclasses + CinC 2017 classes), BCE with pos_weight, leads
+# zeroed at random (each with p 0.3; all but one in 20% of samples) so that any lead subset works;
 # each record's loss over its own dataset's labels only (the other dataset's labels are null).
 FT_ARGS=(-l "$WORK/labels.parquet" --task multilabel --mode full --fold-column split --val-folds val
-         --batch-size "${FT_BATCH:-64}" --lr 1e-4 --patience 4 --seed "$SEED" --device "$DEVICE" --checkpoint-every 100000)
+         --batch-size "${FT_BATCH:-64}" --lr 1e-4 --patience 4 --seed "$SEED" --device "$DEVICE" --checkpoint-every 100000
+         --lead-dropout 0.3 --single-lead-prob 0.2)
 
 data() {
   mkdir -p "$WORK"
@@ -57,8 +59,11 @@ data() {
      -o "$WORK/labels.ptbxl.parquet"
   et label "$WORK/train.raw.parquet" --class-column label --vocab cinc2017 --split-column split \
      -o "$WORK/labels.cinc2017.parquet"
+  # AF also from PTB-XL's AFIB/AFLT statements, so that the AF output sees 12-lead ECGs too
+  et label "$WORK/train.raw.parquet" --scp-column scp_codes --vocab "$HERE/af-ptbxl.json" --split-column split \
+     -o "$WORK/labels.af-ptbxl.parquet"
   $PY "$HERE/merge_labels.py" "$WORK/labels.ptbxl.parquet" "$WORK/labels.cinc2017.parquet" \
-     -o "$WORK/labels.parquet"
+     "$WORK/labels.af-ptbxl.parquet" -o "$WORK/labels.parquet"
   ls -l "$WORK/train.seg.parquet" "$WORK/labels.parquet"
 }
 
