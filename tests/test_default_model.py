@@ -95,9 +95,11 @@ def test_default_preset_renames_cinc2017_lead_and_rounds(cli, tmp_path, data_dir
     x = np.asarray(t.column("signal").to_pylist(), dtype=np.float32)
     assert x.shape == (n, 12, 500)
     assert not x[:, 1:].any() and x[:, 0].std() > 0.5
-    # without the rename the record has none of the 12 leads: a per-record error naming it
-    res = cli(["preprocess", "--preset", "ecgtool-default", raw, "-o", tmp_path / "none.parquet"])
-    assert res.exit_code != 0 and "A00001" in res.stderr
+    # without the rename its single lead 'ECG' is taken as lead I, with a warning naming the record
+    res = cli(["preprocess", "--preset", "ecgtool-default", raw, "-o", tmp_path / "default.parquet"])
+    assert res.exit_code == 0 and "A00001" in res.stderr and "taken as lead I" in res.stderr
+    t2, _ = read_table(tmp_path / "default.parquet")
+    assert t2.column("signal").to_pylist() == t.column("signal").to_pylist()
     # --precision bfloat16: exactly torch's bfloat16 rounding, kept as float32
     q = tmp_path / "q.parquet"
     res = cli(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", "--precision", "bfloat16",
