@@ -57,17 +57,9 @@ def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> dict:
     Binary ``p`` (n,) against 0/1 ``y``; multi-class ``p`` (n, K) against class
     indices (top-label confidence against accuracy). Empty bins are left out.
     """
-    p = np.asarray(p, dtype=np.float64)
-    y = np.asarray(y)
-    if p.ndim == 2:
-        conf = p.max(axis=1)
-        hit = (p.argmax(axis=1) == y).astype(np.float64)
-    else:
-        conf, hit = p, y.astype(np.float64)
-    b = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
-    cnt = np.bincount(b, minlength=n_bins)
-    sc = np.bincount(b, conf, minlength=n_bins)
-    sh = np.bincount(b, hit, minlength=n_bins)
+    from ecgtool.analysis.metrics import calibration_bins
+
+    cnt, sc, sh, _ = calibration_bins(y, p, n_bins)
     keep = cnt > 0
     edges = np.linspace(0, 1, n_bins + 1)
     return {

@@ -281,8 +281,8 @@ def metric_reason(metric: str, n_pos: int, n_neg: int, has_threshold: bool = Tru
 # --------------------------------------------------------------------------- calibration metrics
 
 
-def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error with equal-width bins.
+def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 15):
+    """(count, sum of confidence, sum of hits) per equal-width bin, and n.
 
     Binary: ``p`` (n,) probability of the positive class against ``y`` (n,).
     Multi-class: ``p`` (n, K) probabilities, ``y`` (n,) class indices; the
@@ -295,12 +295,17 @@ def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> float:
         hit = (p.argmax(axis=1) == y).astype(np.float64)
     else:
         conf, hit = p, y.astype(np.float64)
-    if conf.size == 0:
-        return float("nan")
     b = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
-    sc = np.bincount(b, conf, minlength=n_bins)
-    sh = np.bincount(b, hit, minlength=n_bins)
-    return float(np.abs(sc - sh).sum() / conf.size)
+    return (np.bincount(b, minlength=n_bins), np.bincount(b, conf, minlength=n_bins),
+            np.bincount(b, hit, minlength=n_bins), conf.size)
+
+
+def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error with equal-width bins (see :func:`calibration_bins`)."""
+    _, sc, sh, n = calibration_bins(y, p, n_bins)
+    if n == 0:
+        return float("nan")
+    return float(np.abs(sc - sh).sum() / n)
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:

@@ -203,7 +203,8 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _check_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Every expected key present with its shape and no key left over; one error listing all differences."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -232,7 +233,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read tensors ({exc})", "the file may be truncated; write it again") from None
-    _check_tensors(model, tensors, str(path))
+    check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     extra = dict(meta.get("extra") or {})
     for key in KNOWN_EXTRAS:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ecgtool.errors import CheckpointError
+from ecgtool.models.checkpoint import check_state_dict
 from ecgtool.models.net1d import CONTRACT_1, CONTRACT_12, Net1D, ecgfounder_labels, normalise_config
 
 IMPORTER = "ecgfounder-pth"
@@ -170,21 +171,6 @@ def infer_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dic
     }
     return normalise_config(cfg)
 
-
-def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Every expected key present with its shape and no key left over; one error listing all differences."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-            if items:
-                shown = ", ".join(items[:12]) + (f", … ({len(items)} in all)" if len(items) > 12 else "")
-                parts.append(f"{len(items)} {name}: {shown}")
-        raise CheckpointError(f"{source}: state dict does not match the model: " + "; ".join(parts))
 
 
 def import_ecgfounder(path: str | Path) -> tuple[Net1D, ImportReport]:
