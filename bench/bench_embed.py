@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,29 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import matmul_peak, sync  # noqa: E402
+
 from ecgtool.io import TableMeta, TableWriter, open_table, records_batch
 from ecgtool.models.apply import embed_table
 from ecgtool.models.checkpoint import load_model, resolve_device, save_checkpoint
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(dev, dtype) -> float:
-    n = 8192 if dev.type == "cuda" else 2048
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    reps = 20 if dev.type == "cuda" else 5
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(dev)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def model_flops(model, contract, dev) -> float:

@@ -37,27 +37,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import matmul_peak, sync  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def matmul_peak(dev, dtype) -> float:
-    n = 8192 if dev.type == "cuda" else 2048
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    reps = 50 if dev.type == "cuda" else 5
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(dev)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
 def segment_table(n_records: int) -> pa.Table:

@@ -1,0 +1,29 @@
+"""Timing helpers the benchmarks share."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for queued device work (CUDA), so wall-clock timings are complete."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_peak(dev: torch.device, dtype: torch.dtype) -> float:
+    """Measured matrix-multiply FLOP/s: n³ products (8192 on CUDA, 2048 on the CPU) after warm-up."""
+    n = 8192 if dev.type == "cuda" else 2048
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(dev)
+    reps = 50 if dev.type == "cuda" else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(dev)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
