@@ -32,7 +32,7 @@ from ecgtool.io import schema as S
 
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
 DEFAULT_BATCH_SIZE = 64
-PARQUET_ROW_GROUP = 256
+PARQUET_ROW_GROUP = 64
 
 MAGIC = {
     b"PAR1": "parquet",
