@@ -371,8 +371,11 @@ class Preprocessor:
         )
 
     # -- one batch -----------------------------------------------------------------
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, rid: str | None = None) -> None:
+        """A record dropped on purpose (by --nan drop or --drop-flagged): counted, and named at -v."""
         self.dropped[why] = self.dropped.get(why, 0) + 1
+        if rid is not None:
+            log.debug("dropped %s (%s)", rid, why)
 
     def _fail(self, rid: str, cause: str, hint: str | None = None) -> None:
         self.errors(RecordError(rid, cause, hint))
@@ -512,12 +515,12 @@ class Preprocessor:
                 keep[k] = False
             if c.nan == "drop":
                 for k in np.flatnonzero((present_nan > 0) & keep):
-                    self._drop("NaN samples")
+                    self._drop("NaN samples", ids[k])
                     keep[k] = False
         for flag in c.drop_flagged:
             hit = q[Q.COLUMNS[flag]] > 0
             for k in np.flatnonzero(hit & keep):
-                self._drop(f"flagged {flag}")
+                self._drop(f"flagged {flag}", ids[k])
                 keep[k] = False
         if not keep.all():
             x = x[keep]

@@ -353,3 +353,13 @@ def test_precision_rounding(data_dir):
     assert np.all(np.abs(half - full) <= np.abs(full) * 2.0 ** -11 + 1e-30)
     assert np.all(bf.view(np.uint32) & 0xFFFF == 0)
     assert np.all(np.abs(bf - full) <= np.abs(full) * 2.0 ** -8 + 1e-30)
+
+
+def test_dropped_flagged_records_are_named_with_verbose(cli, data_dir, tmp_path):
+    heas = [data_dir / "cinc2021-sample" / f"{r}.hea" for r in ("JS20004", "JS20008", "E07500")]
+    rec = tmp_path / "rec.parquet"
+    assert cli(["convert", *heas, "-o", rec]).exit_code == 0
+    res = cli(["-v", "preprocess", "--preset", "ecg-fm", "--drop-flagged", "flat", rec, "-o", tmp_path / "x.parquet"])
+    assert res.exit_code == 0
+    assert "dropped JS20004 (flagged flat)" in res.stderr and "dropped JS20008 (flagged flat)" in res.stderr
+    assert "E07500" not in res.stderr and "dropped: 2 (flagged flat)" in res.stderr
