@@ -342,3 +342,11 @@ def test_label_names_attached_on_import(fx):
     assert m.label_names == names
     with pytest.raises(CheckpointError, match="5 outputs"):
         load_fairseq_checkpoint(fx / "finetuned.pt", label_names=names[:3])
+
+
+def test_imported_pretraining_checkpoint_carries_its_update_count(reference_dir):
+    """Continuing pretraining from a fairseq checkpoint resumes its Gumbel temperature schedule."""
+    from ecgtool.models.checkpoint import load_model
+
+    m = load_model(reference_dir / "fixtures" / "ecgfm" / "pretrained.pt")
+    assert m.extra["training"] == {"updates": 4}  # optimizer_history[-1].num_updates of the fixture

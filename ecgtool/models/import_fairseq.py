@@ -342,14 +342,16 @@ def load_fairseq_checkpoint(src: str | os.PathLike | BinaryIO | dict, label_name
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{name}: cannot build the model from cfg['model'] "
                               f"({config.get('num_labels')} outputs): {e}") from None
-    if model.quantizer is not None:
-        hist = state.get("optimizer_history") or []
-        n = hist[-1].get("num_updates") if hist and isinstance(hist[-1], dict) else None
-        if isinstance(n, int):
-            model.set_num_updates(n)
+    hist = state.get("optimizer_history") or []
+    n = hist[-1].get("num_updates") if hist and isinstance(hist[-1], dict) else None
+    if model.quantizer is not None and isinstance(n, int):
+        model.set_num_updates(n)
     prov = fairseq_provenance(state, path)
     prov["source"] = prov.get("source_file") or name
     prov["importer"] = "ecgtool.models.import_fairseq"
     model.provenance = prov
     model.extra = {"provenance": prov}
+    if isinstance(n, int):
+        # continuing pretraining from this checkpoint resumes its Gumbel temperature schedule
+        model.extra["training"] = {"updates": n}
     return model.eval()
