@@ -630,6 +630,56 @@ class ConvertResult:
     unknown_leads: dict[str, int] = field(default_factory=dict)  # name -> number of records
 
 
+def chunk_batches(chunks: Iterable[ChunkResult], errors: RecordErrors,
+                  unknown: dict[str, list] | None = None) -> Iterator[pa.RecordBatch]:
+    """The record batches of :func:`read_batches` results: per-record errors go to ``errors``, a fatal
+    error is raised, warnings are logged, unknown lead names are tallied into ``unknown``
+    (name -> [first record, count])."""
+    for res in chunks:
+        for rid, cause, hint in res.errors:
+            errors(RecordError(rid, cause, hint))
+        if res.fatal:
+            _, msg, hint, code = res.fatal
+            raise UsageError(msg, hint) if code == 2 else EcgtoolError(msg, hint)
+        for w in res.warnings:
+            log.warning(w)
+        if unknown is not None:
+            for name, (rid, n) in res.unknown_leads.items():
+                unknown.setdefault(name, [rid, 0])[1] += n
+        yield from res.batches
+
+
+class RecordsReader:
+    """Raw ECG files read as a record table on the fly (what ``convert`` would write, without
+    joins), with the interface of :class:`ecgtool.io.TableReader`: ``schema``, ``meta``, iteration."""
+
+    format = "raw"
+
+    def __init__(self, inputs: Sequence[str], batch_size: int = 64, errors: RecordErrors | None = None):
+        self._found = discover(inputs)
+        if not self._found.items:
+            raise InputError(f"{', '.join(map(str, inputs))}: neither a table nor ECG records",
+                             "give a table, or WFDB .hea / HL7 aECG .xml / DICOM .dcm files")
+        self.schema = output_schema([])
+        self.meta = S.TableMeta(kind="records")
+        self.num_rows = len(self._found.items)
+        self._batch_size = batch_size
+        self._errors = errors if errors is not None else RecordErrors(None, log)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        chunks = read_batches(self._found.items, workers=1, batch_size=self._batch_size, options={})
+        return chunk_batches(chunks, self._errors)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "RecordsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def convert(
     inputs: Sequence[str],
     dest: str,
@@ -669,22 +719,11 @@ def convert(
     # Row groups of one batch: each chunk is encoded as soon as it arrives, while the workers read on.
     with TableWriter(dest, schema, meta, fmt=fmt, compression=compression,
                      row_group_size=min(batch_size, 256)) as writer:
-        for res in chunks:
-            for rid, cause, hint in res.errors:
-                errors(RecordError(rid, cause, hint))
-            if res.fatal:
-                cls, msg, hint, code = res.fatal
-                err = UsageError(msg, hint) if code == 2 else EcgtoolError(msg, hint)
-                raise err
-            for w in res.warnings:
-                log.warning(w)
-            for name, (rid, n) in res.unknown_leads.items():
-                unknown.setdefault(name, [rid, 0])[1] += n
-            for batch in res.batches:
-                for j in joins:
-                    batch = j.apply(batch)
-                writer.write(batch)
-                result.rows += batch.num_rows
+        for batch in chunk_batches(chunks, errors, unknown):
+            for j in joins:
+                batch = j.apply(batch)
+            writer.write(batch)
+            result.rows += batch.num_rows
     if unknown:
         shown = [f"{name!r} (record {rid}{f' and {n - 1} more' if n > 1 else ''})"
                  for name, (rid, n) in list(unknown.items())[:8]]

@@ -66,6 +66,17 @@ def finish(errors: RecordErrors, done_msg: str | None = None) -> None:
         raise typer.Exit(errors.exit_code)
 
 
+def run_steps(trainer, desc: str, postfix=None):
+    """Drive a training run's ``steps()`` (a progress bar or log lines on rank 0 only); the last step's record."""
+    steps = trainer.steps()
+    if trainer.dist.is_main:
+        steps = progress(steps, total=trainer.total_steps, desc=desc, unit="step", postfix=postfix)
+    last = None
+    for last in steps:
+        pass
+    return last
+
+
 def record_errors(policy: str | None) -> RecordErrors:
     return RecordErrors(policy, log)
 

@@ -97,7 +97,7 @@ def finetune(
       ecgtool finetune rec.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
       ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --task multiclass -o af.safetensors
     """
-    from ecgtool.cli.common import progress
+    from ecgtool.cli.common import run_steps
     from ecgtool.cli.pretrain import _status, parse_floats
     from ecgtool.train.finetune import FinetuneConfig, Finetuner
     from ecgtool.train.loop import LoopConfig
@@ -127,11 +127,7 @@ def finetune(
     if ft.dist.is_main:
         log.info("finetune: %s, %s %s, %d labels; %d train / %d val / %d test rows (%s)", model, task, mode,
                  len(ft.label_names), r["train_rows"], r["val_rows"], r["test_rows"], r["split"])
-    steps = ft.steps()
-    if ft.dist.is_main:
-        steps = progress(steps, total=ft.total_steps, desc="finetune", unit="step", postfix=_status)
-    for _ in steps:
-        pass
+    run_steps(ft, "finetune", _status)
     result = ft.finish()
     if ft.dist.is_main:
         val = result["val"]

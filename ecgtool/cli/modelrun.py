@@ -36,54 +36,12 @@ def open_input(src: str, batch_size: int, errors=None):
 
     p = Path(src)
     if src != "-" and (p.is_dir() or (p.is_file() and sniff(_head(p)) in (None, "npy"))):
-        return RawRecords([src], batch_size, errors)
+        from ecgtool.convert import RecordsReader
+
+        return RecordsReader([src], batch_size, errors)
     return open_table(src, batch_size=batch_size)
 
 
 def _head(p: Path) -> bytes:
     with open(p, "rb") as fh:
         return fh.read(8)
-
-
-class RawRecords:
-    """Raw ECG files read as a record table on the fly (what 'ecgtool convert' would write)."""
-
-    format = "raw"
-
-    def __init__(self, inputs: list[str], batch_size: int, errors=None):
-        from ecgtool.convert import discover, output_schema
-        from ecgtool.errors import InputError
-        from ecgtool.io.schema import TableMeta
-
-        self._found = discover(inputs)
-        if not self._found.items:
-            raise InputError(f"{', '.join(inputs)}: neither a table nor ECG records",
-                             "give a table, or WFDB .hea / HL7 aECG .xml / DICOM .dcm files")
-        self.schema = output_schema([])
-        self.meta = TableMeta(kind="records")
-        self.num_rows = len(self._found.items)
-        self._batch_size = batch_size
-        self._errors = errors
-
-    def __iter__(self):
-        from ecgtool.convert import read_batches
-        from ecgtool.errors import EcgtoolError, RecordError
-
-        for res in read_batches(self._found.items, workers=1, batch_size=self._batch_size, options={}):
-            if res.fatal:
-                raise EcgtoolError(res.fatal[1], res.fatal[2])
-            for rid, cause, hint in res.errors:
-                if self._errors is not None:
-                    self._errors(RecordError(rid, cause, hint))
-                else:
-                    log.error("skipped %s", RecordError(rid, cause, hint))
-            yield from res.batches
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass

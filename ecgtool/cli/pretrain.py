@@ -91,7 +91,7 @@ def pretrain(
       ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/w2v --no-cmsc --no-rlm --max-epochs 5
       torchrun --nproc_per_node 4 -m ecgtool pretrain seg.parquet -o runs/pt --device cuda
     """
-    from ecgtool.cli.common import progress
+    from ecgtool.cli.common import run_steps
     from ecgtool.train.loop import LoopConfig
     from ecgtool.train.pretrain import PretrainConfig, Pretrainer
 
@@ -113,12 +113,7 @@ def pretrain(
         log.info("pretrain: %s on %d items (%d segments), %d updates per epoch, device %s, %d process(es)",
                  model, trainer.plan.n_items, len(trainer.data), trainer.plan.batches_per_epoch, trainer.device,
                  trainer.dist.world_size)
-    last = None
-    steps = trainer.steps()
-    if trainer.dist.is_main:
-        steps = progress(steps, total=trainer.total_steps, desc="pretrain", unit="step", postfix=_status)
-    for last in steps:
-        pass
+    last = run_steps(trainer, "pretrain", _status)
     path = trainer.finish()
     if path is not None:
         loss = f", last loss {last['loss']:.4f}" if last else ""

@@ -224,8 +224,8 @@ def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float
     if thresholds.shape != (len(names),):
         raise UsageError(f"the checkpoint has {thresholds.size} thresholds for {len(names)} labels")
     temperature = float(extra.get("temperature") or 1.0)
-    task = str((extra.get("extra") or {}).get("task") or extra.get("task") or "multilabel")
-    agg = dict((extra.get("extra") or {}).get("aggregation") or extra.get("aggregation") or {})
+    task = str(extra.get("task") or "multilabel")  # load_checkpoint flattens the stored extras
+    agg = dict(extra.get("aggregation") or {})
     return names, thresholds, temperature, task, agg
 
 
