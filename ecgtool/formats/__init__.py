@@ -11,8 +11,10 @@ Which reader handles a file is decided by its name and first bytes
 
 * ``.hea`` — WFDB (PhysioNet) records, including ``.mat`` challenge files,
   multi-segment records, every storage format wfdb reads (``wfdb.py``);
-* ``.xml`` — HL7 aECG (``hl7aecg.py``); Philips Sierra XML is recognised and
-  refused with a message (its XLI-compressed waveforms are not read yet);
+* ``.xml`` (or a file whose first bytes are XML) — Philips Sierra XML
+  (``<restingecgdata>``, versions 1.03–1.04.02, XLI-compressed; ``philips.py``)
+  when its root element says so, in UTF-8 or UTF-16; else HL7 aECG
+  (``hl7aecg.py``);
 * ``.dcm`` or the ``DICM`` marker — DICOM 12-lead waveforms (``dicom.py``,
   needs the ``dicom`` extra: pydicom);
 * ``.csv`` / ``.npy`` — plain arrays with a sampling rate given by the user
@@ -21,7 +23,9 @@ Which reader handles a file is decided by its name and first bytes
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +78,38 @@ def _sniff(path: Path) -> bytes:
         raise RecordError(str(path), f"cannot open: {exc.strerror or exc}") from None
 
 
+# XML declaration, comments, a DOCTYPE and white space before the root element's name
+_XML_PROLOG = re.compile(r"(?:<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>|\s)*<([A-Za-z_][\w.:-]*)", re.S)
+
+
+def xml_root_name(path: str | os.PathLike, size: int = 8192) -> str | None:
+    """The local name of an XML document's root element, from its first bytes (None when not found there)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(size)
+    except OSError:
+        return None
+    m = _XML_PROLOG.match(_decode_head(head))
+    return m.group(1).rsplit(":", 1)[-1] if m else None
+
+
+def _decode_head(head: bytes) -> str:
+    """The first bytes of a file as text: UTF-16 (with a byte-order mark or recognised by its zero bytes) or UTF-8."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        enc = "utf-16"
+    elif head[:2] == b"<\x00":
+        enc = "utf-16-le"
+    elif head[:2] == b"\x00<":
+        enc = "utf-16-be"
+    else:
+        return head.decode("utf-8-sig", errors="replace")
+    return head[: len(head) - len(head) % 2].decode(enc, errors="replace")
+
+
+def _looks_like_xml(head: bytes) -> bool:
+    return _decode_head(head).lstrip().startswith("<")
+
+
 def reader_for(path: str | os.PathLike) -> Callable[..., list[RawRecord]]:
     """The reader function for one file (raises RecordError when none fits)."""
     p = Path(path)
@@ -91,7 +127,11 @@ def reader_for(path: str | os.PathLike) -> Callable[..., list[RawRecord]]:
         from ecgtool.formats.dicom import read_dicom
 
         return read_dicom
-    if ext == ".xml" or head.lstrip().startswith(b"<"):
+    if ext == ".xml" or _looks_like_xml(head):
+        if xml_root_name(p) == "restingecgdata":
+            from ecgtool.formats.philips import read_philips
+
+            return read_philips
         from ecgtool.formats.hl7aecg import read_xml
 
         return read_xml
@@ -100,7 +140,7 @@ def reader_for(path: str | os.PathLike) -> Callable[..., list[RawRecord]]:
     if ext in (".dat", ".mat"):
         raise RecordError(str(path), "a WFDB signal file without its header", "give the record's .hea file")
     raise RecordError(str(path), f"unknown file type {p.suffix or '(no extension)'}",
-                      "convert reads WFDB .hea, HL7 aECG .xml, DICOM .dcm, .csv and .npy")
+                      "convert reads WFDB .hea, HL7 aECG and Philips .xml, DICOM .dcm, .csv and .npy")
 
 
 def read_file(path: str | os.PathLike, **options) -> list[RawRecord]:

@@ -8,8 +8,9 @@ first series of any kind); each ``SLIST_PQ`` lead sequence becomes
 from the ``increment`` of the time sequence. Leads whose digit counts differ
 are kept at their own lengths.
 
-Philips Sierra XML (``<restingecgdata>``) is recognised and refused with a
-message: its waveforms are XLI-compressed and not read yet.
+A Philips Sierra XML document (``<restingecgdata>``) that reaches this reader
+(its root element lay beyond the bytes :func:`ecgtool.formats.reader_for`
+looks at) is handed to ``philips.py``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def read_xml(path: str, **_options) -> list[RawRecord]:
     root = _parse(p, name)
     tag = _local(root.tag)
     if tag == "restingecgdata":
-        raise RecordError(name, "Philips Sierra XML is not supported yet (XLI-compressed waveforms)",
-                          "export the ECG as HL7 aECG, DICOM or WFDB")
+        from ecgtool.formats.philips import read_philips
+
+        return read_philips(path, **_options)
     if tag != "AnnotatedECG":
         raise RecordError(name, f"XML root <{tag}> is neither HL7 aECG (<AnnotatedECG>) nor a known ECG format")
     return [_read_aecg(root, p, name)]
