@@ -41,14 +41,14 @@ def convert(
         Optional[str], typer.Option("--leads", help="Lead names of .csv/.npy inputs, e.g. I,II,V1.")
     ] = None,
 ) -> None:
-    """Convert raw ECG files (WFDB, PhysioNet .mat, HL7 aECG, DICOM, CSV/NPY) into one record table.
+    """Convert raw ECG files (WFDB, PhysioNet .mat, HL7 aECG, Philips XML, DICOM, CSV/NPY) into one record table.
 
     Signals become float32 mV equal to wfdb.rdrecord(...).p_signal; lead names
     are normalised (AVR -> aVR, MLII -> II); header metadata (age, sex, SNOMED
-    Dx codes, LUDB diagnoses, base date/time) becomes columns. A record that
-    cannot be read gets a one-line error and the others go on (exit 3, or 0
-    with --on-error skip). Record ids are file names, or relative paths when
-    names collide.
+    Dx codes, LUDB diagnoses, Philips interpretation statements, base
+    date/time) becomes columns. A record that cannot be read gets a one-line
+    error and the others go on (exit 3, or 0 with --on-error skip). Record ids
+    are file names, or relative paths when names collide.
 
     --join: a CSV row joins the record whose id, name, or trailing path
     without extension equals the row's key (the --join-key column; by default
