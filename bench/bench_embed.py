@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import matmul_peak, sync  # noqa: E402
 
 from ecgtool.io import TableMeta, TableWriter, open_table, records_batch
+from ecgtool.io.threads import default_threads
 from ecgtool.models.apply import embed_table
 from ecgtool.models.checkpoint import load_model, resolve_device, save_checkpoint
 
@@ -104,7 +105,7 @@ def bench_model(name: str, args, dev, peak: float, tmp: Path) -> dict:
             out = tmp / f"{name}-{precision}.parquet"
             sync(dev)
             t = time.perf_counter()
-            with open_table(table, batch_size=args.batch_size) as reader:
+            with open_table(table, batch_size=args.batch_size, threads=default_threads()) as reader:
                 embed_table(reader, str(out), model, device=dev, precision=precision,
                             batch_size=args.batch_size, pool="none")
             sync(dev)

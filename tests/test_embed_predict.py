@@ -239,3 +239,57 @@ def test_raw_folder_input_counts_unreadable_records(ckpts, data_dir, tmp_path):
     assert not (tmp_path / "p.parquet").exists()
     res = run("embed", "-m", ckpts["founder"], folder, "--on-error", "skip", "-o", tmp_path / "s.parquet")
     assert res.returncode == 0, res.stderr.decode()
+
+
+def test_windows_are_batched_across_input_batches():
+    """Runner.stream gives each item the same outputs as running it alone, whatever the batch size."""
+    import torch
+
+    from ecgtool.models.inference import Runner
+
+    calls = []
+
+    def fn(x):
+        calls.append(len(x))
+        return x.sum(dim=(1, 2)), x[:, 0, :2] * 2
+
+    fn.names = ["a", "b"]
+    runner = Runner(torch.nn.Identity(), torch.device("cpu"), batch_size=4)
+    rng = np.random.default_rng(0)
+    items = [(k, rng.standard_normal((n, 2, 3)).astype(np.float32)) for k, n in enumerate([3, 5, 1, 7, 4, 2])]
+    for prefetch in (0, 2):
+        calls.clear()
+        got = list(runner.stream(fn, iter(items), prefetch=prefetch))
+        assert [k for k, _ in got] == [k for k, _ in items]
+        for (k, x), (_, outs) in zip(items, got):
+            np.testing.assert_allclose(outs[0], x.sum(axis=(1, 2)), rtol=1e-6)
+            np.testing.assert_allclose(outs[1], x[:, 0, :2] * 2)
+        assert calls == [4, 4, 4, 4, 4, 2]  # 22 windows: full batches, one short batch at the end
+
+
+def test_reader_error_reaches_the_caller_and_no_output_is_left(ckpts, tmp_path):
+    from ecgtool.errors import RecordErrors
+    from ecgtool.io import open_table
+    from ecgtool.models.apply import embed_table
+    from ecgtool.models.checkpoint import load_model
+
+    model = load_model(str(ckpts["fm"]))
+    c = model.contract
+    rows = [{"record_id": f"r{i}", "fs": c.fs, "leads": list(c.leads),
+             "signal": np.zeros((len(c.leads), c.n_samples), np.float32)} for i in range(3)]
+    batch = records_batch(rows, fixed=True)
+    src = tmp_path / "seg.parquet"
+    meta = TableMeta(kind="segments", info={"normalisation": c.normalisation, "preprocess": {"preset": c.preset}})
+    with TableWriter(src, batch.schema, meta) as w:
+        w.write(batch)
+
+    def broken():
+        with open_table(src, batch_size=1) as r:
+            yield next(iter(r))
+            raise OSError("disk went away")
+
+    out = tmp_path / "emb.parquet"
+    with open_table(src) as r, pytest.raises(OSError, match="disk went away"):
+        embed_table(r, str(out), model, device=__import__("torch").device("cpu"), batch_size=2,
+                    errors=RecordErrors(), batches=broken())
+    assert not out.exists() and not list(tmp_path.glob("emb*"))

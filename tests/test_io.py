@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ecgtool.errors import InputError, UsageError
@@ -187,3 +188,62 @@ def test_info_on_missing_file_is_one_line(cli, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and "no such file" in res.stderr
+
+
+def test_parallel_parquet_reading_matches_serial(tmp_path):
+    rows = _example_rows() * 40  # 160 rows: three 64-row groups
+    rows = [dict(r, record_id=f"{r['record_id']}-{i}") for i, r in enumerate(rows)]
+    _write(tmp_path / "t.parquet", rows, fixed=True)
+    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 3
+    with open_table(tmp_path / "t.parquet", batch_size=50) as r1, \
+            open_table(tmp_path / "t.parquet", batch_size=50, threads=3) as r3:
+        a, b = list(r1), list(r3)
+    assert max(x.num_rows for x in b) <= 50
+    ta, tb = pa.Table.from_batches(a), pa.Table.from_batches(b)
+    assert tb.column("record_id").to_pylist() == [r["record_id"] for r in rows]
+    assert ta.equals(tb)
+
+
+def test_parallel_parquet_reading_from_stdin_spool(tmp_path):
+    rows = [dict(r, record_id=f"r{i}") for i, r in enumerate(_example_rows() * 20)]
+    _write(tmp_path / "t.parquet", rows, fixed=True)
+    code = ("import sys; from ecgtool.io import open_table\n"
+            "with open_table('-', threads=2) as r: print(sum(b.num_rows for b in r))")
+    with open(tmp_path / "t.parquet", "rb") as fh:
+        res = subprocess.run([sys.executable, "-c", code], stdin=fh, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "80"
+
+
+def test_background_and_ordered_map_propagate_errors_and_stop_early():
+    import threading
+
+    from ecgtool.io.threads import background, ordered_map
+
+    assert list(ordered_map(lambda x: x * x, range(20), threads=4)) == [x * x for x in range(20)]
+    assert list(background(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("boom in the reader")
+
+    it = background(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = background(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the producer stops, at most ``depth`` + 1 items ahead
+    n = len(produced)
+    assert n <= 3 + 3
+    assert not any(t.name == "ecgtool-prefetch" and t.is_alive() for t in threading.enumerate())

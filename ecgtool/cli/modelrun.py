@@ -33,13 +33,15 @@ def open_input(src: str, batch_size: int, errors=None):
     that cannot be converted, so they count, and ``fail`` stops at them."""
     from ecgtool.io import open_table
     from ecgtool.io.stream import sniff
+    from ecgtool.io.threads import default_threads
 
     p = Path(src)
     if src != "-" and (p.is_dir() or (p.is_file() and sniff(_head(p)) in (None, "npy"))):
         from ecgtool.convert import RecordsReader
 
         return RecordsReader([src], batch_size, errors)
-    return open_table(src, batch_size=batch_size)
+    # Parquet row groups are decoded in parallel, so that reading keeps up with a GPU
+    return open_table(src, batch_size=batch_size, threads=default_threads())
 
 
 def _head(p: Path) -> bytes:

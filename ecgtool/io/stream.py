@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -33,6 +34,8 @@ from ecgtool.io import schema as S
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
 DEFAULT_BATCH_SIZE = 64
 PARQUET_ROW_GROUP = 64
+# row groups larger than this (tables written elsewhere) are read one at a time, in batches
+PARALLEL_ROW_GROUP_BYTES = 64 << 20
 
 MAGIC = {
     b"PAR1": "parquet",
@@ -63,9 +66,12 @@ class TableReader:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1):
         self.name = _display(src)
         self.batch_size = batch_size
+        # Parquet row groups decoded in parallel (``threads`` > 1) when the file can be reopened by path
+        self.threads = max(1, int(threads))
+        self._path: str | None = None
         self._cleanup: list = []
         self._iter: Iterator[pa.RecordBatch]
         try:
@@ -93,11 +99,13 @@ class TableReader:
             fh = open(path, "rb")
             self._cleanup.append(fh)
             seekable = True
+            self._path = str(path)
         head = _peek(fh, 8)
         fmt = sniff(head)
         if fmt in ("gzip", "zstd"):
             fh = _decompress(fh, fmt)
             self._cleanup.append(fh)
+            self._path = None
             seekable = False
             head = _peek(fh, 8)
             fmt = sniff(head)
@@ -132,10 +140,12 @@ class TableReader:
         self.meta = S.TableMeta.from_schema(self.schema, self.name)
 
     def _spool(self, fh: BinaryIO) -> BinaryIO:
-        tmp = tempfile.TemporaryFile(prefix="ecgtool-spool-")
+        tmp = tempfile.NamedTemporaryFile(prefix="ecgtool-spool-")  # removed on close
         shutil.copyfileobj(fh, tmp, 1 << 20)
+        tmp.flush()
         tmp.seek(0)
         self._cleanup.append(tmp)
+        self._path = tmp.name
         return tmp
 
     def _open_stream(self, fh) -> None:
@@ -169,12 +179,44 @@ class TableReader:
         self.schema = pf.schema_arrow
         self.num_rows = pf.metadata.num_rows
 
+        def serial():
+            # one row group at a time: iter_batches over the whole file pre-buffers every row group's
+            # column chunks, so memory would grow with the file instead of the batch size
+            for rg in range(pf.num_row_groups):
+                yield from pf.iter_batches(batch_size=self.batch_size, row_groups=[rg])
+
+        def parallel(path: str):
+            # each thread decodes whole row groups through its own file handle; ``threads`` + 1 row
+            # groups are in memory at most
+            from ecgtool.io.threads import ordered_map
+
+            local = threading.local()
+            handles: list = []
+
+            def read(rg: int) -> pa.Table:
+                mine = getattr(local, "pf", None)
+                if mine is None:
+                    src = pa.OSFile(path)
+                    handles.append(src)
+                    mine = local.pf = pq.ParquetFile(src)
+                return mine.read_row_group(rg)
+
+            try:
+                for table in ordered_map(read, range(pf.num_row_groups), self.threads, self.threads + 1):
+                    for batch in table.to_batches():
+                        yield from _split(batch, self.batch_size)
+            finally:
+                for src in handles:
+                    src.close()
+
         def gen():
             try:
-                # one row group at a time: iter_batches over the whole file pre-buffers every row group's
-                # column chunks, so memory would grow with the file instead of the batch size
-                for rg in range(pf.num_row_groups):
-                    yield from pf.iter_batches(batch_size=self.batch_size, row_groups=[rg])
+                small = all(pf.metadata.row_group(i).total_byte_size <= PARALLEL_ROW_GROUP_BYTES
+                            for i in range(pf.num_row_groups))
+                if self.threads > 1 and self._path is not None and pf.num_row_groups > 1 and small:
+                    yield from parallel(self._path)
+                else:
+                    yield from serial()
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(f"{self.name}: the Parquet file is corrupt ({exc})") from None
 
@@ -209,8 +251,8 @@ class TableReader:
         self.close()
 
 
-def open_table(src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE) -> TableReader:
-    return TableReader(src, batch_size=batch_size)
+def open_table(src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1) -> TableReader:
+    return TableReader(src, batch_size=batch_size, threads=threads)
 
 
 def read_table(src: str | os.PathLike) -> tuple[pa.Table, S.TableMeta]:

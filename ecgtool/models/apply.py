@@ -113,20 +113,25 @@ class _Output:
 
 
 def _run(reader: TableReader, model, adapter: Adapter, runner: Runner, out: _Output, fn, finish,
-         batches: Iterable[pa.RecordBatch] | None, stats: RunStats) -> RunStats:
-    try:
+         batches: Iterable[pa.RecordBatch] | None, stats: RunStats, prefetch: int = 2) -> RunStats:
+    """Adapt, run and write; with ``prefetch`` > 0, reading and adapting run ahead in a thread."""
+
+    def items():
         for ad in adapter(batches if batches is not None else reader):
             stats.rows_in += ad.batch.num_rows
             if not ad.valid.all():
                 keep = np.flatnonzero(ad.valid)
-                ad.batch, ad.x = ad.batch.take(pa.array(keep)), ad.x[keep]
                 if not len(keep):
                     continue
+                ad.batch, ad.x = ad.batch.take(pa.array(keep)), ad.x[keep]
             n, w = ad.x.shape[:2]
             stats.windows += n * w
-            res = runner(fn, ad.x.reshape((n * w,) + ad.x.shape[2:]))
+            yield (ad.batch, n, w), ad.x.reshape((n * w,) + ad.x.shape[2:])
+
+    try:
+        for (rows, n, w), res in runner.stream(fn, items(), prefetch=prefetch):
             per_window = {k: v.reshape((n, w) + v.shape[1:]) for k, v in zip(fn.names, res)}
-            out.add(ad.batch, per_window, finish)
+            out.add(rows, per_window, finish)
         out.close(finish)
     except BaseException:
         out.abort()

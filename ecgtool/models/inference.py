@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -236,25 +237,118 @@ class Runner:
                  batch_size: int = 32):
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
         self.model = model.eval().to(device)
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
 
+    def _forward(self, fn, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        xb = (torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            res = fn(xb)
+        res = res if isinstance(res, tuple) else (res,)
+        return [r.float().cpu().numpy() for r in res]
+
     def __call__(self, fn: Callable[[torch.Tensor], torch.Tensor | tuple], x: np.ndarray) -> list[np.ndarray]:
         """``fn(model_input) -> tensor or tuple of tensors`` over ``x`` (M, L, T); outputs as float32 numpy."""
-        outs: list[list[np.ndarray]] = []
-        with torch.inference_mode():
-            for start in range(0, len(x), self.batch_size):
-                xb = torch.from_numpy(x[start:start + self.batch_size]).to(self.device, non_blocking=True)
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                    enabled=self.precision == "bf16"):
-                    res = fn(xb)
-                res = res if isinstance(res, tuple) else (res,)
-                outs.append([r.float().cpu().numpy() for r in res])
+        outs = [self._forward(fn, x[start:start + self.batch_size]) for start in range(0, len(x), self.batch_size)]
         if not outs:
             return []
         return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+    def stream(self, fn, items: Iterable[tuple[object, np.ndarray]], prefetch: int = 2
+               ) -> Iterator[tuple[object, list[np.ndarray]]]:
+        """``fn`` over a stream of ``(key, x)`` with ``x`` (m, L, T): yields ``(key, outputs)`` in order.
+
+        Windows of consecutive items share full batches of ``batch_size``, whatever the size of the
+        input batches. With ``prefetch`` > 0, reading the items and assembling the next batches
+        (in pinned memory for CUDA) run in a background thread, ``prefetch`` batches ahead.
+        """
+        from ecgtool.io.threads import background
+
+        batches = _assemble(items, self.batch_size, pin=self.device.type == "cuda")
+        if prefetch > 0:
+            batches = background(batches, depth=prefetch, name="ecgtool-batches")
+        done: deque = deque()  # output arrays of windows run, not yet handed out
+        for xb, finished in batches:
+            done.append(self._forward(fn, xb))
+            for key, n in finished:
+                yield key, _take(done, n)
+
+
+def _assemble(items: Iterable[tuple[object, np.ndarray]], size: int, pin: bool = False):
+    """Yields ``(batch of windows, [(key, n), ...] of the items complete with this batch)``."""
+    buf: list[np.ndarray] = []
+    nbuf = 0
+    waiting: list[tuple[object, int]] = []  # items whose windows are (partly) still in ``buf``
+
+    def cut(n: int):
+        nonlocal buf, nbuf
+        out = torch.empty((n,) + buf[0].shape[1:], dtype=torch.float32, pin_memory=pin)
+        dst = out.numpy()
+        filled = 0
+        while filled < n:
+            part = buf[0]
+            k = min(n - filled, len(part))
+            dst[filled:filled + k] = part[:k]
+            filled += k
+            if k == len(part):
+                buf.pop(0)
+            else:
+                buf[0] = part[k:]
+        nbuf -= n
+        return out
+
+    for key, x in items:
+        if not len(x):
+            raise ValueError("an item without windows")
+        buf.append(x)
+        nbuf += len(x)
+        waiting.append((key, len(x)))
+        while nbuf >= size:
+            xb = cut(size)
+            # items whose last window is in this batch are complete
+            finished, pending = _complete(waiting, nbuf)
+            waiting = pending
+            yield xb, finished
+    if nbuf:
+        yield cut(nbuf), waiting
+
+
+def _complete(waiting: list[tuple[object, int]], left: int):
+    """Split ``waiting`` into items fully run and items with some of the last ``left`` windows."""
+    total = sum(n for _, n in waiting)
+    run = total - left
+    finished, acc = [], 0
+    for i, (key, n) in enumerate(waiting):
+        if acc + n > run:
+            return finished, waiting[i:]
+        acc += n
+        finished.append((key, n))
+    return finished, []
+
+
+def _take(done: deque, n: int) -> list[np.ndarray]:
+    """The first ``n`` windows' outputs from the queue of output chunks."""
+    parts: list[list[np.ndarray]] = []
+    got = 0
+    while got < n:
+        head = done[0]
+        m = len(head[0])
+        if got + m <= n:
+            parts.append(done.popleft())
+            got += m
+        else:
+            k = n - got
+            parts.append([a[:k] for a in head])
+            done[0] = [a[k:] for a in head]
+            got = n
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 # --------------------------------------------------------------------------- grouping
