@@ -31,7 +31,7 @@ class _Raised:
         self.exc = exc
 
 
-def default_threads(limit: int = 4) -> int:
+def default_threads(limit: int = 8) -> int:
     """Threads for parallel decoding: the usable cores, at most ``limit``."""
     try:
         n = len(os.sched_getaffinity(0))

@@ -168,7 +168,7 @@ def embed_table(
     network stage instead of the final one.
     """
     errors = errors or RecordErrors()
-    adapter = Adapter(model.contract, reader.meta, errors, shard)
+    adapter = Adapter(model.contract, reader.meta, errors, shard, writable=False)
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):
@@ -253,7 +253,7 @@ def predict_table(
     ``findings`` (labels at or above their threshold, most probable first)."""
     errors = errors or RecordErrors()
     names, thresholds, temperature, task, per_label = label_settings(model)
-    adapter = Adapter(model.contract, reader.meta, errors, shard)
+    adapter = Adapter(model.contract, reader.meta, errors, shard, writable=False)
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):

@@ -113,8 +113,10 @@ class Adapter:
     """Turns table batches into (rows, windows, leads, samples) model input."""
 
     def __init__(self, contract: InputContract, meta: S.TableMeta, errors: RecordErrors,
-                 shard: tuple[int, int] | None = None, display: bool = False):
+                 shard: tuple[int, int] | None = None, display: bool = False, writable: bool = True):
         self.contract = contract
+        # False: ``x`` may be a read-only view of the Arrow buffer (the caller copies it into batches)
+        self.writable = writable
         self.errors = errors
         self.shard = shard
         self.notes: set[str] = set()
@@ -213,7 +215,7 @@ class Adapter:
                 x = crop_or_pad(x, c.n_samples)
             w = x[:, None]
         w = np.ascontiguousarray(w, dtype=np.float32)
-        if not w.flags.writeable:  # a zero-copy view of the Arrow buffer
+        if self.writable and not w.flags.writeable:  # a zero-copy view of the Arrow buffer
             w = w.copy()
         valid = np.isfinite(w).all(axis=(1, 2, 3))
         if not valid.all():
@@ -245,7 +247,9 @@ class Runner:
         self.batch_size = batch_size
 
     def _forward(self, fn, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
-        xb = (torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(self.device, non_blocking=True)
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x if x.flags.writeable else x.copy())
+        xb = x.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
             res = fn(xb)
