@@ -13,9 +13,9 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def matmul_peak(dev: torch.device, dtype: torch.dtype) -> float:
+def matmul_peak(dev: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
     """Measured matrix-multiply FLOP/s: n³ products (8192 on CUDA, 2048 on the CPU) after warm-up."""
-    n = 8192 if dev.type == "cuda" else 2048
+    n = n or (8192 if dev.type == "cuda" else 2048)
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(3):
