@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
+
+# Commands run as children with byte-code caching on, as in a normal installation (an environment that
+# sets PYTHONDONTWRITEBYTECODE would otherwise charge them for compiling every module on every run).
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def sync(dev: torch.device) -> None:

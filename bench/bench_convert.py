@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import CHILD_ENV  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT.parent / "shared" / "data" / "ptbxl-500" / "records500"
 
@@ -63,6 +66,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_convert_"))
     out_pq, out_arrow, out_cli = tmp / "x.parquet", tmp / "x.arrow", tmp / "cli.parquet"
     cmd = [sys.executable, "-m", "ecgtool", "-q", "convert", str(folder), "-o", str(out_cli), "-j", str(args.workers)]
+    cmd1 = cmd[:-1] + ["1"]
+    subprocess.run(cmd1, check=True, env=CHILD_ENV)  # warm-up: byte-code cache, file cache
 
     runs = {
         "wfdb.rdrecord loop (baseline, writes nothing)": lambda: rdrecord_loop(records),
@@ -70,7 +75,9 @@ def main() -> None:
                                                                              workers=args.workers, argv=["bench"]),
         "convert -> Parquet, library, 1 process": lambda: convert([str(folder)], str(out_pq), workers=1,
                                                                   argv=["bench"]),
-        f"ecgtool convert -> Parquet, command, -j {args.workers}": lambda: subprocess.run(cmd, check=True),
+        f"ecgtool convert -> Parquet, command, -j {args.workers}": lambda: subprocess.run(cmd, check=True,
+                                                                                       env=CHILD_ENV),
+        "ecgtool convert -> Parquet, command, -j 1": lambda: subprocess.run(cmd1, check=True, env=CHILD_ENV),
         f"convert -> Arrow IPC, library, {args.workers} workers": lambda: convert([str(folder)], str(out_arrow),
                                                                                workers=args.workers, argv=["bench"]),
     }

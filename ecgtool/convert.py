@@ -716,9 +716,10 @@ def convert(
     chunks = read_batches(found.items, workers=workers, batch_size=batch_size, options=options)
     if wrap is not None:
         chunks = wrap(chunks, (len(found.items) + batch_size - 1) // batch_size)
-    # Row groups of one batch: each chunk is encoded as soon as it arrives, while the workers read on.
+    # Row groups of one batch: each chunk is encoded in a background thread as soon as it arrives,
+    # while the next ones are read (by the workers, or by this process).
     with TableWriter(dest, schema, meta, fmt=fmt, compression=compression,
-                     row_group_size=min(batch_size, 256)) as writer:
+                     row_group_size=min(batch_size, 256), background=True) as writer:
         for batch in chunk_batches(chunks, errors, unknown):
             for j in joins:
                 batch = j.apply(batch)

@@ -661,20 +661,15 @@ def preprocess_table(
     the signal processing (memory stays bounded by the batch size). Returns
     the :class:`Preprocessor` (counts, targets).
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     from ecgtool.io.stream import TableWriter
 
     pre = Preprocessor(config, errors)
     writer = None
-    pending: deque = deque()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgtool-write")
 
     def open_writer():
         schema = pre.output_schema(reader.schema)
         meta = pre.output_meta(reader.meta).add_step(argv)
-        return TableWriter(dest, schema, meta, fmt=fmt)
+        return TableWriter(dest, schema, meta, fmt=fmt, background=True)
 
     try:
         for batch in batches if batches is not None else reader:
@@ -683,20 +678,12 @@ def preprocess_table(
                 continue
             if writer is None:
                 writer = open_writer()
-            pending.append(pool.submit(writer.write, out))
-            while len(pending) > 2:
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+            writer.write(out)
         if writer is None:
             writer = open_writer()
         writer.close()
     except BaseException:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True)
         if writer is not None:
             writer.abort()
         raise
-    pool.shutdown(wait=True)
     return pre

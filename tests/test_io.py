@@ -247,3 +247,24 @@ def test_background_and_ordered_map_propagate_errors_and_stop_early():
     n = len(produced)
     assert n <= 3 + 3
     assert not any(t.name == "ecgtool-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_background_writer_matches_direct_and_surfaces_errors(tmp_path):
+    rows = [dict(r, record_id=f"r{i}") for i, r in enumerate(_example_rows() * 40)]
+    batch = records_batch(rows, fixed=True)
+    meta = TableMeta().add_step(["ecgtool", "test"])
+    for bg in (False, True):
+        with TableWriter(tmp_path / f"w{bg}.parquet", batch.schema, meta, background=bg) as w:
+            for start in range(0, batch.num_rows, 30):
+                w.write(batch.slice(start, 30))
+    assert pq.read_table(tmp_path / "wTrue.parquet").equals(pq.read_table(tmp_path / "wFalse.parquet"))
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with TableWriter(tmp_path / "bad.parquet", batch.schema, meta, background=True) as w:
+            w._w.write_table = full_disk
+            for start in range(0, batch.num_rows, 64):
+                w.write(batch.slice(start, 64))
+    assert list(tmp_path.glob("bad*")) == [] and list(tmp_path.glob(".bad*")) == []

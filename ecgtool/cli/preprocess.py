@@ -86,6 +86,7 @@ def preprocess(
     from ecgtool.cli.common import finish, progress, record_errors
     from ecgtool.errors import UsageError
     from ecgtool.io import open_table
+    from ecgtool.io.threads import default_threads
     from ecgtool.preprocess import make_config, preprocess_table
     from ecgtool.signal.quality import FLAGS
 
@@ -136,7 +137,7 @@ def preprocess(
         precision=precision,
     )
     errors = record_errors(on_error)
-    with open_table(src, batch_size=batch_size) as reader:
+    with open_table(src, batch_size=batch_size, threads=default_threads()) as reader:
         total = getattr(reader, "num_rows", None)
         batches = progress(reader, total=total, desc="preprocess", unit="rec", count=lambda b: b.num_rows)
         pre = preprocess_table(reader, output, cfg, fmt=output_format, errors=errors, argv=None,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+from collections import deque
 import json
 import os
 import shutil
@@ -412,7 +413,10 @@ class TableWriter:
     """Write batches to a file (atomically) or to stdout.
 
     The schema (with its metadata) is fixed when the writer opens; every batch
-    is conformed to it.
+    is conformed to it. With ``background=True`` encoding and writing run in a
+    thread, at most two batches behind :meth:`write`, so that they overlap with
+    the caller's work (Parquet encoding releases the GIL); errors surface at the
+    next ``write`` or at ``close``.
     """
 
     def __init__(
@@ -423,8 +427,11 @@ class TableWriter:
         fmt: str | None = None,
         row_group_size: int = PARQUET_ROW_GROUP,
         compression: str = "zstd",
+        background: bool = False,
     ):
         self.dest = str(dest)
+        self._pool = None
+        self._queued: deque = deque()
         self.format = choose_format(dest, fmt)
         self.schema = meta.with_schema(schema)
         self.meta = meta
@@ -434,6 +441,7 @@ class TableWriter:
         self._pending_rows = 0
         self._closed = False
         self._tmp: str | None = None
+        self._background = background
         if self.dest == "-":
             out = sys.stdout.buffer
             if out.isatty():
@@ -472,6 +480,31 @@ class TableWriter:
             return
         batch = S.conform(batch, self.schema)
         self.rows += batch.num_rows
+        if not self._background:
+            self._write_now(batch)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgtool-write")
+        self._queued.append(self._pool.submit(self._write_now, batch))
+        while len(self._queued) > 2:
+            self._queued.popleft().result()
+
+    def _drain(self, cancel: bool = False) -> None:
+        try:
+            while self._queued:
+                fut = self._queued.popleft()
+                if cancel:
+                    fut.cancel()
+                else:
+                    fut.result()
+        finally:
+            if self._pool is not None and (cancel or not self._queued):
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _write_now(self, batch: pa.RecordBatch) -> None:
         if self.format == "parquet":
             self._pending.append(batch)
             self._pending_rows += batch.num_rows
@@ -503,6 +536,7 @@ class TableWriter:
         self._closed = True
 
     def _finish(self) -> None:
+        self._drain()
         if self.format == "parquet":
             self._flush()
             self._w.close()
@@ -525,6 +559,7 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
+        self._drain(cancel=True)
         if self._w is not None:
             try:
                 self._w.close()
