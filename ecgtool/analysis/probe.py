@@ -480,20 +480,23 @@ def fit_logistic(
     # iteration; with a multi-threaded BLAS on a busy machine those tiny calls
     # cost milliseconds each (thread wake-ups). Run the optimiser single-threaded
     # and give the large products in ``fun`` the threads back.
-    fun_mt = fun
     try:
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()
         n_threads = max([i.get("num_threads", 1) for i in ctl.info() if i.get("user_api") == "blas"] or [1])
+        fun_mt = fun
         if n_threads > 1 and Xs.shape[0] * D >= 1_000_000:
-            def fun_mt(theta):
+            def fun_threaded(theta):
                 with ctl.limit(limits=n_threads, user_api="blas"):
                     return fun(theta)
+
+            fun_mt = fun_threaded
         limit = ctl.limit(limits=1, user_api="blas")
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         import contextlib
 
+        fun_mt = fun
         limit = contextlib.nullcontext()
     with limit:
         res = minimize(fun_mt, theta0, jac=True, method="L-BFGS-B",

@@ -290,7 +290,7 @@ def _assemble(items: Iterable[tuple[object, np.ndarray]], size: int, pin: bool =
     waiting: list[tuple[object, int]] = []  # items whose windows are (partly) still in ``buf``
 
     def cut(n: int):
-        nonlocal buf, nbuf
+        nonlocal nbuf
         out = torch.empty((n,) + buf[0].shape[1:], dtype=torch.float32, pin_memory=pin)
         dst = out.numpy()
         filled = 0
