@@ -35,6 +35,9 @@ def _children(el, name):
 
 
 def _child(el, name):
+    """First child with local tag ``name`` (None when there is none, or ``el`` is None)."""
+    if el is None:
+        return None
     for c in el:
         if _local(c.tag) == name:
             return c

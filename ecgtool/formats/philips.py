@@ -40,7 +40,7 @@ import numpy as np
 
 from ecgtool.errors import RecordError
 from ecgtool.formats import RawRecord
-from ecgtool.formats.hl7aecg import _local, _parse
+from ecgtool.formats.hl7aecg import _child, _local, _parse
 
 VERSIONS = ("1.03", "1.04", "1.04.01", "1.04.02")
 DOCUMENT_TYPES = ("SierraECG", "PhilipsECG")
@@ -55,15 +55,6 @@ def _find(el, name):
     for x in el.iter():
         if _local(x.tag) == name:
             return x
-    return None
-
-
-def _child(el, name):
-    if el is None:
-        return None
-    for c in el:
-        if _local(c.tag) == name:
-            return c
     return None
 
 
