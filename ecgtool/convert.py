@@ -48,6 +48,7 @@ import pyarrow as pa
 
 from ecgtool.errors import EcgtoolError, InputError, RecordError, RecordErrors, UsageError
 from ecgtool.formats import ARRAY_EXTENSIONS, RECORD_EXTENSIONS
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 
 log = logging.getLogger("ecgtool")
@@ -270,59 +271,8 @@ class ChunkResult:
         self.spool = None
 
 
-# Columns are built from buffers: pyarrow's pa.array() on Python or numpy data imports pandas
-# (about a second in every worker process), which a convert run does not otherwise need.
-
-
-def _validity(valid: np.ndarray):
-    if valid.all():
-        return None, 0
-    return pa.py_buffer(np.packbits(valid, bitorder="little")), int((~valid).sum())
-
-
-def _numeric(values: np.ndarray, type_: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
-    vbuf, nulls = _validity(valid) if valid is not None else (None, 0)
-    return pa.Array.from_buffers(type_, len(values), [vbuf, pa.py_buffer(np.ascontiguousarray(values))],
-                                 null_count=nulls)
-
-
-def _strings(values: Sequence[str | None]) -> pa.Array:
-    valid = np.array([v is not None for v in values], dtype=bool)
-    data = [v.encode("utf-8") if v is not None else b"" for v in values]
-    offsets = np.zeros(len(data) + 1, dtype=np.int32)
-    if data:
-        np.cumsum([len(b) for b in data], out=offsets[1:])
-    vbuf, nulls = _validity(valid)
-    return pa.Array.from_buffers(pa.string(), len(data),
-                                 [vbuf, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))], null_count=nulls)
-
-
-def _string_lists(values: Sequence[Sequence[str] | None]) -> pa.Array:
-    valid = np.array([v is not None for v in values], dtype=bool)
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    if len(values):
-        np.cumsum([len(v) if v is not None else 0 for v in values], out=offsets[1:])
-    child = _strings([str(x) for v in values if v is not None for x in v])
-    vbuf, nulls = _validity(valid)
-    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [vbuf, pa.py_buffer(offsets)],
-                                 null_count=nulls, children=[child])
-
-
-def _column(values: list, type_: pa.DataType) -> pa.Array:
-    """One metadata column from Python values (None = null)."""
-    valid = np.array([v is not None for v in values], dtype=bool)
-    if pa.types.is_string(type_):
-        return _strings([None if v is None else str(v) for v in values])
-    if pa.types.is_list(type_) and pa.types.is_string(type_.value_type):
-        return _string_lists(values)
-    if pa.types.is_floating(type_):
-        arr = np.array([float(v) if v is not None else 0.0 for v in values], dtype=type_.to_pandas_dtype())
-        return _numeric(arr, type_, valid)
-    if pa.types.is_timestamp(type_):
-        arr = np.array([_micros(v) if v is not None else 0 for v in values], dtype=np.int64)
-        return _numeric(arr, pa.timestamp("us", tz=type_.tz), valid) if type_.unit == "us" else \
-            _numeric(arr, pa.timestamp("us", tz=type_.tz), valid).cast(type_)
-    return pa.array(values, type=type_)  # any other type (not used by the base schema)
+# Columns are built from buffers (ecgtool.io.arrays): pyarrow's pa.array() on Python or numpy data
+# imports pandas, about a second in every worker process, which a convert run does not otherwise need.
 
 
 def _signal_array(sigs: list[Any]) -> pa.Array:
@@ -343,24 +293,10 @@ def _signal_array(sigs: list[Any]) -> pa.Array:
     if lengths:
         np.cumsum(np.concatenate(lengths), out=inner[1:])
     flat = np.concatenate(flats).astype(np.float32, copy=False) if flats else np.zeros(0, dtype=np.float32)
-    values = _numeric(flat, pa.float32())
+    values = A.from_numpy(flat, pa.float32())
     inner_arr = pa.Array.from_buffers(pa.list_(pa.float32()), len(inner) - 1,
                                       [None, pa.py_buffer(inner.astype(np.int32))], children=[values])
     return pa.Array.from_buffers(S.signal_type(), len(sigs), [None, pa.py_buffer(outer)], children=[inner_arr])
-
-
-_EPOCH = None
-
-
-def _micros(value) -> int:
-    """Microseconds since 1970 of a naive datetime (taken as it is, no time zone)."""
-    global _EPOCH
-    import datetime as dt
-
-    if _EPOCH is None:
-        _EPOCH = dt.datetime(1970, 1, 1)
-    delta = value - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _build_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
@@ -369,7 +305,7 @@ def _build_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
         if f.name == S.SIGNAL:
             arrays.append(_signal_array([r[S.SIGNAL] for r in rows]))
         else:
-            arrays.append(_column([r.get(f.name) for r in rows], f.type))
+            arrays.append(A.column([r.get(f.name) for r in rows], f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -592,7 +528,7 @@ class JoinTable:
         src = batch.column(batch.schema.get_field_index("source")).to_pylist()
         idx = [self.lookup(r, s) for r, s in zip(ids, src)]
         self.matched += sum(i is not None for i in idx)
-        taken = self.table.take(pa.array(idx, type=pa.int64()))
+        taken = self.table.take(A.indices(idx))
         for f in self.table.schema:
             col = taken.column(f.name).combine_chunks()
             if f.name in batch.schema.names:

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 from ecgtool.signal import filters as F
 from ecgtool.signal import normalise as N
@@ -257,11 +258,10 @@ def _signal_parts(batch: pa.RecordBatch):
         return None
     outer_off, inner = S._list_parts(col)
     inner_off, values = S._list_parts(inner)
-    vals = values.to_numpy(zero_copy_only=False)
+    vals = A.to_numpy(values)
     if vals.dtype != np.float32:
         vals = vals.astype(np.float32)
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return outer_off, inner_off, vals, valid
+    return outer_off, inner_off, vals, A.valid(col)
 
 
 def _row(parts, i: int) -> np.ndarray:
@@ -390,7 +390,7 @@ class Preprocessor:
         n = batch.num_rows
         self.records_in += n
         ids = [str(x) for x in batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()]
-        fs_in = batch.column(batch.schema.get_field_index(S.FS)).to_numpy(zero_copy_only=False)
+        fs_in = A.to_numpy(batch.column(batch.schema.get_field_index(S.FS)))
         leads_in = batch.column(batch.schema.get_field_index(S.LEADS)).to_pylist()
         parts = _signal_parts(batch)
         fixed = S.batch_signal_array(batch) if parts is None else None
@@ -595,28 +595,25 @@ class Preprocessor:
         n_out = len(idx)
         L, T = sig.shape[1], sig.shape[2]
         data: dict[str, pa.Array] = {}
-        take = pa.array(idx)
+        take = A.indices(idx)
         names = batch.schema.names
         data[S.RECORD_ID] = batch.column(names.index(S.RECORD_ID)).take(take).cast(pa.string())
         if self.cfg.segment_s is not None:
-            data[S.SEGMENT] = pa.array(seg, type=pa.int32())
+            data[S.SEGMENT] = A.from_numpy(seg, pa.int32())
         elif S.SEGMENT in names:
             data[S.SEGMENT] = batch.column(names.index(S.SEGMENT)).take(take)
-        data[S.FS] = pa.array(np.full(n_out, float(self.fs)), type=pa.float64())
-        lead_values = pa.array(list(self.leads) * n_out, type=pa.string())
-        data[S.LEADS] = pa.ListArray.from_arrays(
-            pa.array(np.arange(n_out + 1, dtype=np.int32) * L), lead_values
-        )
-        values = pa.array(sig.reshape(-1), type=pa.float32())
+        data[S.FS] = A.from_numpy(np.full(n_out, float(self.fs)), pa.float64())
+        data[S.LEADS] = A.string_lists([self.leads] * n_out)
+        values = A.from_numpy(sig.reshape(-1), pa.float32())
         data[S.SIGNAL] = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(values, T), L)
         if self.cfg.leads is not None:
             data[S.LEAD_MASK] = pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(mask).reshape(-1), type=pa.bool_()), L
+                A.from_numpy(np.ascontiguousarray(mask).reshape(-1), pa.bool_()), L
             )
         elif S.LEAD_MASK in names:
             data[S.LEAD_MASK] = batch.column(names.index(S.LEAD_MASK)).take(take)
         for c in QUALITY_COLUMNS:
-            data[c] = pa.array(qcols[c].astype(np.int32), type=pa.int32())
+            data[c] = A.from_numpy(qcols[c], pa.int32())
         for i, name in enumerate(names):
             if name not in OWNED:
                 data[name] = batch.column(i).take(take)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 from ecgtool.io.stream import TableReader
 
@@ -17,8 +18,8 @@ def _lengths(col: pa.Array) -> np.ndarray:
     shape = S.fixed_shape(col.type)
     if shape is not None:
         return np.full(len(col), shape[1], dtype=np.int64)
-    outer = col.offsets.to_numpy(zero_copy_only=False)
-    inner = col.values.offsets.to_numpy(zero_copy_only=False)
+    outer = A.offsets(col)
+    inner = A.offsets(col.values)
     out = np.zeros(len(col), dtype=np.int64)
     has = outer[1:] > outer[:-1]
     first = outer[:-1][has]
@@ -39,7 +40,7 @@ def describe(reader: TableReader) -> dict[str, Any]:
         rows += batch.num_rows
         if S.RECORD_ID in names and S.SEGMENT in names:
             records.update(batch.column(names.index(S.RECORD_ID)).to_pylist())
-        fs = batch.column(names.index(S.FS)).to_numpy(zero_copy_only=False) if S.FS in names else None
+        fs = A.to_numpy(batch.column(names.index(S.FS))) if S.FS in names else None
         if fs is not None:
             fs_counts.update(float(x) for x in fs)
         if S.LEADS in names:

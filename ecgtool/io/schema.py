@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from ecgtool import __version__
 from ecgtool.errors import InputError
+from ecgtool.io import arrays as A
 
 FORMAT_VERSION = "1.0"
 META_KEY = b"ecgtool"
@@ -164,7 +165,7 @@ def signals_to_arrow(signals: Sequence[np.ndarray], fixed: bool = False) -> pa.A
     if fixed:
         stack = np.ascontiguousarray(np.stack([np.asarray(s, dtype=np.float32) for s in signals]))
         n, n_leads, n_samples = stack.shape
-        values = pa.array(stack.reshape(-1), type=pa.float32())
+        values = A.from_numpy(stack.reshape(-1), pa.float32())
         inner = pa.FixedSizeListArray.from_arrays(values, n_samples)
         return pa.FixedSizeListArray.from_arrays(inner, n_leads)
     lead_counts = np.array([s.shape[0] for s in signals], dtype=np.int64)
@@ -178,8 +179,8 @@ def signals_to_arrow(signals: Sequence[np.ndarray], fixed: bool = False) -> pa.A
     if inner_offsets[-1] >= 2**31:
         raise ValueError("batch too large for one signal column chunk; use a smaller batch size")
     flat = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in signals])
-    inner = pa.ListArray.from_arrays(pa.array(inner_offsets.astype(np.int32)), pa.array(flat, type=pa.float32()))
-    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+    inner = pa.ListArray.from_arrays(A.from_numpy(inner_offsets.astype(np.int32)), A.from_numpy(flat, pa.float32()))
+    return pa.ListArray.from_arrays(A.from_numpy(outer_offsets), inner)
 
 
 def ragged_to_arrow(per_lead: Sequence[Sequence[np.ndarray]]) -> pa.Array:
@@ -209,8 +210,9 @@ def batch_signal_array(batch: pa.RecordBatch) -> np.ndarray:
     if shape is not None:
         if col.null_count:
             raise InputError("the signal column has null rows")
-        flat = col.flatten().flatten()
-        arr = flat.to_numpy(zero_copy_only=False)
+        arr = A.to_numpy(col.flatten().flatten())
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
         return arr.reshape(len(col), shape[0], shape[1])
     sigs = batch_signals(batch)
     shapes = {s.shape for s in sigs}
@@ -238,26 +240,21 @@ def batch_signals(batch: pa.RecordBatch) -> list[np.ndarray]:
 
 
 def _list_parts(col: pa.Array):
-    if pa.types.is_fixed_size_list(col.type):
-        n = col.type.list_size
-        offsets = np.arange(len(col) + 1, dtype=np.int64) * n + col.offset * n
-        return offsets, col.values
-    offsets = col.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-    return offsets, col.values
+    return A.offsets(col), col.values
 
 
 def row_leads(col: pa.Array, i: int) -> list[np.ndarray]:
     """Row i of a signal column as a list of per-lead arrays (lengths may differ)."""
     outer_off, inner = _list_parts(col)
     inner_off, values = _list_parts(inner)
-    vals = values.to_numpy(zero_copy_only=False)
+    vals = A.to_numpy(values)
     a, b = outer_off[i], outer_off[i + 1]
     return [vals[inner_off[k] : inner_off[k + 1]] for k in range(a, b)]
 
 
 def row_signal(col: pa.Array, i: int) -> np.ndarray:
     """Row i of a signal column as a (leads, samples) float32 array."""
-    if not col[i].is_valid:
+    if col.null_count and not A.valid(col)[i]:
         raise ValueError("the signal is null")
     outer_off, inner = _list_parts(col)
     inner_off, values = _list_parts(inner)
@@ -271,7 +268,7 @@ def row_signal(col: pa.Array, i: int) -> np.ndarray:
     if np.any(lengths != lengths[0]):
         raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
     lo, hi = int(starts[0]), int(ends[-1])
-    vals = values.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
+    vals = A.to_numpy(values.slice(lo, hi - lo))
     if vals.dtype != np.float32:
         vals = vals.astype(np.float32)
     return vals.reshape(n_leads, int(lengths[0]))

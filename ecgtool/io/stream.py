@@ -30,6 +30,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ecgtool.errors import InputError, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
@@ -327,10 +328,10 @@ def npz_to_table(npz, name: str = "input") -> pa.Table:
                 raise InputError(f"{name}: 'signal' must be (records, leads, samples), got shape {arr.shape}")
             data[key] = S.signals_to_arrow(list(arr.astype(np.float32, copy=False)), fixed=True)
         elif arr.ndim == 2:
-            flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+            flat = _npz_column(np.ascontiguousarray(arr).reshape(-1))
             data[key] = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
         elif arr.ndim == 1:
-            data[key] = pa.array(arr.tolist() if arr.dtype.kind in "US" else arr)
+            data[key] = _npz_column(arr)
         else:
             raise InputError(f"{name}: array '{key}' has {arr.ndim} dimensions; expected 1 or 2")
         if n is None:
@@ -339,13 +340,22 @@ def npz_to_table(npz, name: str = "input") -> pa.Table:
             raise InputError(f"{name}: array '{key}' has {len(data[key])} rows, others have {n}")
     if "leads" in files and n is not None:
         leads = [str(x) for x in npz["leads"]]
-        data[S.LEADS] = pa.array([leads] * n, type=pa.list_(pa.string()))
+        data[S.LEADS] = A.string_lists([leads] * n)
     if not data:
         raise InputError(f"{name}: the NPZ file holds no arrays")
     table = pa.table(data)
     if meta_json is not None:
         table = table.replace_schema_metadata({S.META_KEY: meta_json.encode()})
     return table
+
+
+def _npz_column(arr: np.ndarray) -> pa.Array:
+    """A 1-D NPZ array as an Arrow column: numbers and booleans from the buffer, text as strings."""
+    if arr.dtype.kind in "US":
+        return A.strings(arr.tolist())
+    if arr.dtype.kind in "biuf":
+        return A.from_numpy(arr)
+    return pa.array(arr)
 
 
 def table_to_npz_arrays(table: pa.Table) -> dict[str, np.ndarray]:
@@ -359,20 +369,20 @@ def table_to_npz_arrays(table: pa.Table) -> dict[str, np.ndarray]:
                     "run 'ecgtool preprocess' first, or write Parquet",
                 )
             L, T = S.fixed_shape(col.type)
-            out[name] = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(col), L, T)
+            out[name] = A.to_numpy(col.flatten().flatten()).reshape(len(col), L, T)
         elif name == S.LEADS:
             rows = col.to_pylist()
             if rows and any(r != rows[0] for r in rows):
                 raise UsageError("NPZ needs one lead set for all records", "run 'ecgtool preprocess' first")
             out[name] = np.array(rows[0] if rows else [], dtype=str)
         elif pa.types.is_fixed_size_list(col.type) and pa.types.is_primitive(col.type.value_type):
-            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+            out[name] = A.to_numpy(col.flatten()).reshape(len(col), col.type.list_size)
         elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             out[name] = np.array(["" if v is None else v for v in col.to_pylist()], dtype=str)
         elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
             if col.null_count and not pa.types.is_floating(col.type):
                 col = col.cast(pa.float64())
-            out[name] = col.to_numpy(zero_copy_only=False)
+            out[name] = A.to_numpy(col)
         else:
             # lists, structs, dictionaries: keep as JSON text so nothing is lost
             out[name] = np.array([json.dumps(v) for v in col.to_pylist()], dtype=str)

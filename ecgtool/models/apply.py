@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 
 from ecgtool.errors import RecordErrors, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 from ecgtool.io.stream import TableReader, TableWriter
 from ecgtool.models.inference import (
@@ -75,14 +76,14 @@ class _Output:
             rows = adapted_batch.num_rows
             nwin = next(iter(per_window.values())).shape[1]
             idx = np.repeat(np.arange(rows), nwin)
-            base = passthrough(adapted_batch.take(pa.array(idx)), drop=(S.SEGMENT,))
+            base = passthrough(adapted_batch.take(A.indices(idx)), drop=(S.SEGMENT,))
             base = pa.RecordBatch.from_arrays([base.column(base.schema.get_field_index(n)) for n in self.keep],
                                               names=self.keep)
             seg_in = (np.asarray(S.column_values(adapted_batch, S.SEGMENT, 0), dtype=np.int64)
                       if S.SEGMENT in adapted_batch.schema.names else np.zeros(rows, dtype=np.int64))
             seg = (np.nan_to_num(seg_in.astype(float)).astype(np.int64)[:, None] * nwin + np.arange(nwin)).reshape(-1)
             flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in per_window.items()}
-            self._write(base, {S.SEGMENT: pa.array(seg.astype(np.int32)), **finish(flat, None)})
+            self._write(base, {S.SEGMENT: A.from_numpy(seg, pa.int32()), **finish(flat, None)})
             return
         self._emit(self.grouper.push(adapted_batch, per_window), finish)
 
@@ -123,7 +124,7 @@ def _run(reader: TableReader, model, adapter: Adapter, runner: Runner, out: _Out
                 keep = np.flatnonzero(ad.valid)
                 if not len(keep):
                     continue
-                ad.batch, ad.x = ad.batch.take(pa.array(keep)), ad.x[keep]
+                ad.batch, ad.x = ad.batch.take(A.indices(keep)), ad.x[keep]
             n, w = ad.x.shape[:2]
             stats.windows += n * w
             yield (ad.batch, n, w), ad.x.reshape((n * w,) + ad.x.shape[2:])
@@ -284,7 +285,7 @@ def _aggregate(g: np.ndarray, how: np.ndarray, default: str) -> np.ndarray:
 
 
 def prediction_columns(p: np.ndarray, names: list[str], thresholds: np.ndarray, task: str) -> dict[str, pa.Array]:
-    cols = {n: pa.array(p[:, k].astype(np.float32)) for k, n in enumerate(names)}
+    cols = {n: A.from_numpy(p[:, k], pa.float32()) for k, n in enumerate(names)}
     findings = []
     for row in p:
         if task == "multiclass":
@@ -292,5 +293,5 @@ def prediction_columns(p: np.ndarray, names: list[str], thresholds: np.ndarray, 
             continue
         hit = np.flatnonzero(row >= thresholds)
         findings.append([names[k] for k in hit[np.argsort(-row[hit])]])
-    cols["findings"] = pa.array(findings, type=pa.list_(pa.string()))
+    cols["findings"] = A.string_lists(findings)
     return cols

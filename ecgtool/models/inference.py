@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 from ecgtool.models.contract import InputContract
 
@@ -157,7 +158,7 @@ class Adapter:
                 keep = [i for i, r in enumerate(ids) if in_shard(r, self.shard)]
                 if not keep:
                     continue
-                batch = batch.take(pa.array(keep, type=pa.int64()))
+                batch = batch.take(A.indices(keep))
             shown = None
             if self.pre is not None:
                 out = self.pre.process(batch)
@@ -411,7 +412,7 @@ def passthrough(batch: pa.RecordBatch, drop: Sequence[str] = ()) -> pa.RecordBat
 def vector_column(v: np.ndarray) -> pa.Array:
     """(N, D) float32 -> fixed_size_list<float32, D>."""
     v = np.ascontiguousarray(v, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), type=pa.float32()), v.shape[1])
+    return pa.FixedSizeListArray.from_arrays(A.from_numpy(v.reshape(-1), pa.float32()), v.shape[1])
 
 
 def frames_column(rows: Sequence[np.ndarray]) -> pa.Array:
@@ -420,5 +421,5 @@ def frames_column(rows: Sequence[np.ndarray]) -> pa.Array:
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum([r.shape[0] for r in rows], out=offsets[1:])
     flat = np.concatenate([np.ascontiguousarray(r, dtype=np.float32).reshape(-1) for r in rows])
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), d)
-    return pa.ListArray.from_arrays(pa.array(offsets), inner)
+    inner = pa.FixedSizeListArray.from_arrays(A.from_numpy(flat, pa.float32()), d)
+    return pa.ListArray.from_arrays(A.from_numpy(offsets), inner)
