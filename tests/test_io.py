@@ -74,6 +74,23 @@ def test_fixed_shape_is_zero_copy(tmp_path):
     np.testing.assert_array_equal(arr[2], rows[2]["signal"])
 
 
+def test_raw_signals_are_dictionary_encoded_normalised_ones_plain(tmp_path):
+    """Raw samples are few distinct ADC steps (dictionary pays); fixed-shape normalised ones are all distinct."""
+    rows = _example_rows()
+    _write(tmp_path / "raw.parquet", rows)
+    _write(tmp_path / "fixed.parquet", rows, fixed=True)
+
+    def encodings(path):
+        rg = pq.ParquetFile(path).metadata.row_group(0)
+        return {rg.column(i).path_in_schema: rg.column(i).encodings for i in range(rg.num_columns)}
+
+    raw, fixed = encodings(tmp_path / "raw.parquet"), encodings(tmp_path / "fixed.parquet")
+    assert "RLE_DICTIONARY" in raw["signal.list.element.list.element"]
+    assert "RLE_DICTIONARY" in raw["leads.list.element"]
+    assert "RLE_DICTIONARY" not in fixed["signal.list.element.list.element"]
+    assert "RLE_DICTIONARY" in fixed["record_id"]
+
+
 def test_format_is_sniffed_not_named(tmp_path):
     rows = _example_rows()[:1]
     p = tmp_path / "misnamed.npz"

@@ -419,6 +419,16 @@ def choose_format(dest: str | os.PathLike, fmt: str | None) -> str:
     }.get(ext, "parquet")
 
 
+def _leaf_paths(field: pa.Field) -> list[str]:
+    """Parquet column paths of an Arrow field: 'signal' -> ['signal.list.element.list.element']."""
+    t = field.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return [f"{field.name}.list.{p}" for p in _leaf_paths(pa.field("element", t.value_type))]
+    if pa.types.is_struct(t):
+        return [f"{field.name}.{p}" for i in range(t.num_fields) for p in _leaf_paths(t.field(i))]
+    return [field.name]
+
+
 class TableWriter:
     """Write batches to a file (atomically) or to stdout.
 
@@ -470,10 +480,12 @@ class TableWriter:
             # Dictionary encoding: raw signals hold few distinct values (ADC steps times a gain), so it makes
             # converted tables ~40% smaller at the same write time; normalised samples and embeddings are
             # all distinct, so there it is only overhead.
+            # pyarrow matches use_dictionary against leaf paths (signal.list.element.list.element), so nested
+            # columns are named by theirs.
             plain = {S.EMBEDDING}
             if S.SIGNAL in self.schema.names and S.is_fixed_signal(self.schema.field(S.SIGNAL).type):
                 plain.add(S.SIGNAL)
-            dict_cols = [f.name for f in self.schema if f.name not in plain]
+            dict_cols = [path for f in self.schema if f.name not in plain for path in _leaf_paths(f)]
             self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression, use_dictionary=dict_cols)
         elif self.format == "arrow":
             self._w = ipc.new_stream(self._fh, self.schema)
