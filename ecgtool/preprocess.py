@@ -501,9 +501,11 @@ class Preprocessor:
         c = self.cfg
         if not mask.any():
             for r in ids:
+                rename = f"--rename {shlex.quote(names[0] + '=I')}"
                 self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})",
+                           f"name its lead with {rename}" if "," in names[0] else
                            f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}, "
-                           f"or name its lead with --rename {shlex.quote(names[0] + '=I')}")
+                           f"or name its lead with {rename}")
             return None
         q = Q.quality_flags(x, mask, self.limits, fs)
         keep = np.ones(len(x), dtype=bool)

@@ -363,3 +363,31 @@ def test_dropped_flagged_records_are_named_with_verbose(cli, data_dir, tmp_path)
     assert res.exit_code == 0
     assert "dropped JS20004 (flagged flat)" in res.stderr and "dropped JS20008 (flagged flat)" in res.stderr
     assert "E07500" not in res.stderr and "dropped: 2 (flagged flat)" in res.stderr
+
+
+def test_lead_lists_keep_names_with_spaces():
+    from ecgtool.signal.leads import parse_lead_list
+
+    assert parse_lead_list("I,II,V1") == ["I", "II", "V1"]
+    assert parse_lead_list("I II v1") == ["I", "II", "V1"]
+    assert parse_lead_list("MLII, avr") == ["II", "aVR"]
+    assert parse_lead_list("col 0") == ["col 0"]
+    assert parse_lead_list("col 0, col 1") == ["col 0", "col 1"]
+    assert parse_lead_list("limb") == ["I", "II", "III", "aVR", "aVL", "aVF"]
+
+
+def test_no_matching_lead_hint_can_be_followed(data_dir, tmp_path, cli):
+    """The error suggests --leads NAME; running it as suggested works, for names with spaces too."""
+    import shlex
+
+    src = data_dir / "wfdb-samples" / "310derive.hea"
+    assert cli(["convert", src, "-o", tmp_path / "r.parquet"]).exit_code == 0
+    res = cli(["preprocess", "--preset", "ecg-fm", "--short", "pad", tmp_path / "r.parquet", "-o", tmp_path / "a.parquet"])
+    assert res.exit_code == 3
+    assert "--leads 'col 0'" in res.stderr
+    hint = shlex.split(res.stderr.split("e.g. ")[1].split(",")[0])
+    res = cli(["preprocess", "--preset", "ecg-fm", "--short", "pad", *hint, tmp_path / "r.parquet", "-o", tmp_path / "b.parquet"])
+    assert res.exit_code == 0, res.stderr
+    with open_table(tmp_path / "b.parquet") as r:
+        (batch,) = list(r)
+    assert batch.column("leads").to_pylist() == [["col 0"]]

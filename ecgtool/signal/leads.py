@@ -60,7 +60,12 @@ def is_known(name: str) -> bool:
 
 
 def parse_lead_list(text: str | Sequence[str]) -> list[str]:
-    """'I,II,V1' or a named set ('12', 'limb', 'precordial', 'I') to lead names."""
+    """'I,II,V1' or a named set ('12', 'limb', 'precordial', 'I') to lead names.
+
+    Names are separated by commas. A piece with spaces is split at them only
+    when every word is a known lead ('I II V1'); otherwise it is one name, as
+    WFDB headers spell them ('col 0', 'ECG lead II').
+    """
     if not isinstance(text, str):
         return normalize_leads(text)
     named = {
@@ -70,4 +75,11 @@ def parse_lead_list(text: str | Sequence[str]) -> list[str]:
     t = text.strip()
     if t.lower() in named:
         return list(named[t.lower()])
-    return normalize_leads(x for x in re.split(r"[,\s]+", t) if x)
+    names: list[str] = []
+    for piece in (p.strip() for p in t.split(",")):
+        words = piece.split()
+        if len(words) > 1 and all(is_known(w) for w in words):
+            names.extend(words)
+        elif piece:
+            names.append(piece)
+    return normalize_leads(names)
