@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ecgtool.io import TableMeta, TableWriter, records_batch
+from ecgtool.io import TableMeta, TableWriter, batch_signal_array, open_table, records_batch
 
 PTBXL_IDS = ("00001", "00009", "00017")
 
@@ -101,6 +101,33 @@ def test_local_features_and_layer(ckpts, ptbxl3, tmp_path):
     t = pq.read_table(out)
     frames = t.column("local")[0].as_py()
     assert len(frames) == 2 * 156 and len(frames[0]) == 64  # two 5 s windows of 156 frames
+
+
+def test_ecgfounder_stage_features_and_bad_layer(ckpts, data_dir, tmp_path):
+    """--layer on ECGFounder takes a stage's output, pooled; a layer past the last stage is a usage error."""
+    import torch
+
+    from ecgtool.models.checkpoint import load_model
+
+    rec, seg = tmp_path / "rec.parquet", tmp_path / "seg.parquet"
+    heas = sorted((data_dir / "ptbxl-500" / "records500").rglob("*.hea"))[:2]
+    assert run("convert", *heas, "-o", rec).returncode == 0
+    assert run("preprocess", "--preset", "ecgfounder", rec, "-o", seg).returncode == 0
+    out = tmp_path / "stage.parquet"
+    res = run("embed", "-m", ckpts["founder"], seg, "--layer", "1", "-o", out)
+    assert res.returncode == 0, res.stderr.decode()
+    got = np.stack(pq.read_table(out).column("embedding").to_numpy(zero_copy_only=False))
+    model = load_model(str(ckpts["founder"])).eval()
+    with open_table(seg) as r:
+        x = torch.from_numpy(np.concatenate([batch_signal_array(b) for b in r]))
+    with torch.inference_mode():
+        want = model.forward_intermediates(x)[2].mean(-1).numpy()  # [stem, stage 0, stage 1, ...]
+    assert got.shape == want.shape == (2, model.feature_dim(1))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    n = len(model.stage_list)
+    res = run("embed", "-m", ckpts["founder"], seg, "--layer", str(n), "-o", tmp_path / "bad.parquet")
+    assert res.returncode == 2 and f"out of range for {n} stages" in res.stderr.decode()
+    assert not (tmp_path / "bad.parquet").exists()
 
 
 def test_ecgfounder_on_single_lead_300hz_records(ckpts, data_dir, tmp_path):

@@ -64,6 +64,10 @@ def test_every_registered_model(name):
         out = model(x)
     assert feats.ndim == 3 and feats.shape[0] == 2 and feats.shape[1] > 1
     assert pooled.shape == (2, feats.shape[2]) and torch.allclose(pooled, emb, atol=1e-6)
+    assert model.feature_dim() == feats.shape[2]
+    with torch.no_grad():
+        first = model.features(x, layer=0)
+    assert first.shape[2] == model.feature_dim(0) and torch.allclose(model.features(x, layer=-1), feats)
     assert torch.isfinite(out).all()
     heads = getattr(model, "dense", None) or getattr(model, "proj", None)
     if heads is not None:

@@ -173,7 +173,7 @@ def embed_table(
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):
-        feats = model.features(x, layer=layer) if layer is not None else model.features(x)
+        feats = model.features(x, layer=layer)
         emb = model.pool(feats)
         return (emb, feats) if local else emb
 
@@ -203,11 +203,10 @@ def embed_table(
 
 
 def _embedding_dim(model: torch.nn.Module, layer: int | None) -> int:
-    c = model.contract
-    with torch.inference_mode():
-        x = torch.zeros(1, len(c.leads), c.n_samples, device=next(model.parameters()).device)
-        feats = model.features(x, layer=layer) if layer is not None else model.features(x)
-    return int(feats.shape[-1])
+    try:
+        return model.feature_dim(layer)
+    except ValueError as exc:
+        raise UsageError(f"--layer {layer}: {exc}", "count layers from 0, or from the end with -1") from None
 
 
 # --------------------------------------------------------------------------- predict

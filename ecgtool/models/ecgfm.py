@@ -625,6 +625,11 @@ class EcgFm(nn.Module):
             raise ValueError(f"layer {layer} out of range for {n} transformer layers")
         return layer % n
 
+    def feature_dim(self, layer: int | None = None) -> int:
+        """Width D of :meth:`features` (every transformer layer has the same); checks ``layer``."""
+        self._layer_index(layer)
+        return int(self.config["encoder_embed_dim"])
+
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                  layer: int | None = None) -> torch.Tensor:
         """Per-frame features (B, T', D) of the final layer, or of transformer layer ``layer`` (0-based)."""

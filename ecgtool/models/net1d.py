@@ -133,6 +133,7 @@ class Block(nn.Module):
 class Stage(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_blocks: int, index: int, cfg: dict):
         super().__init__()
+        self.out_channels = out_channels
         self.block_list = nn.ModuleList(
             Block(in_channels if b == 0 else out_channels, out_channels, cfg["ratio"], cfg["kernel_size"],
                   cfg["stride"] if b == 0 else 1, cfg["groups_width"], first=(index == 0 and b == 0))
@@ -228,11 +229,26 @@ class Net1D(nn.Module):
             length = math.ceil(length / self.config["stride"])
         return length
 
-    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Last stage output, time-major: (B, T', D). ``padding_mask`` is accepted and not used
-        (the network has no notion of padding; pool with a mask at feature resolution instead)."""
+    def _stage_index(self, layer: int | None) -> int:
+        n = len(self.stage_list)
+        if layer is None:
+            return n - 1
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} out of range for {n} stages")
+        return layer % n
+
+    def feature_dim(self, layer: int | None = None) -> int:
+        """Width D of :meth:`features` for the last stage or stage ``layer``; checks ``layer``."""
+        return int(self.stage_list[self._stage_index(layer)].out_channels)
+
+    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                 layer: int | None = None) -> torch.Tensor:
+        """Output of the last stage, or of stage ``layer`` (0-based), time-major: (B, T', D).
+
+        ``padding_mask`` is accepted and not used (the network has no notion of
+        padding; pool with a mask at feature resolution instead)."""
         out = self.stem(x)
-        for stage in self.stage_list:
+        for stage in self.stage_list[: self._stage_index(layer) + 1]:
             out = stage(out)
         return out.transpose(1, 2)
 
