@@ -18,7 +18,7 @@ log = logging.getLogger("ecgtool")
 def convert(
     inputs: Annotated[
         List[str],
-        typer.Argument(help="Files, folders (scanned recursively), glob patterns, PhysioNet RECORDS files, "
+        typer.Argument(metavar="INPUT...", help="Files, folders (scanned recursively), glob patterns, PhysioNet RECORDS files, "
                        "or '-' to read one path per line from stdin."),
     ],
     output: Output = "-",

@@ -111,7 +111,7 @@ def _usage(cmd, path: str) -> str:
     for p in cmd.params:
         if p.param_type_name == "argument":
             name = (p.metavar or p.name).upper()
-            if p.nargs == -1:
+            if p.nargs == -1 and not name.endswith("..."):
                 name += "..."
             pieces.append(name if p.required else f"[{name}]")
     if hasattr(cmd, "commands"):

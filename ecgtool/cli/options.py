@@ -7,40 +7,43 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-Input = Annotated[str, typer.Argument(help="Input table (Parquet, Arrow IPC or NPZ); '-' for stdin.")]
+Input = Annotated[str, typer.Argument(metavar="INPUT", help="Input table (Parquet, Arrow IPC or NPZ); '-' for stdin.")]
 Output = Annotated[
     str,
-    typer.Option("-o", "--output", help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise)."),
+    typer.Option("-o", "--output", metavar="FILE", help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise)."),
 ]
 OutputFormat = Annotated[
     Optional[str],
     typer.Option(
         "-O",
         "--output-format",
+        metavar="FORMAT",
         help="parquet, arrow or npz (default: from the -o extension; Arrow on stdout).",
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Records per batch (bounds memory).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Records per batch (bounds memory).")]
 OnError = Annotated[
     Optional[str],
     typer.Option(
         "--on-error",
+        metavar="POLICY",
         help="fail: stop at the first bad record; skip: drop bad records and exit 0. "
         "Default: drop them, exit 3 if any was dropped.",
     ),
 ]
-Workers = Annotated[int, typer.Option("-j", "--workers", min=1, help="Worker processes.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Workers = Annotated[int, typer.Option("-j", "--workers", min=1, metavar="N", help="Worker processes.")]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 Model = Annotated[
     Optional[str],
-    typer.Option("-m", "--model", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
+    typer.Option("-m", "--model", metavar="MODEL", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, or bf16 (autocast; on CUDA the fast path).")]
+Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help="fp32, or bf16 (autocast; on CUDA the fast path).")]
 Shard = Annotated[
     Optional[str],
     typer.Option(
         "--shard",
+        metavar="K/N",
         help="K/N: process shard K of N (records split by a stable hash of record_id; the output name gets "
         ".shardKofN, or replaces {shard}). Default: from SLURM_ARRAY_TASK_ID/COUNT when set.",
     ),
