@@ -69,13 +69,13 @@ def to_numpy(arr: pa.Array | pa.ChunkedArray, fill: Any = None) -> np.ndarray:
     """
     arr = _chunk(arr)
     n = len(arr)
+    buf = arr.buffers()[1]
     if pa.types.is_boolean(arr.type):
-        data = _bits(arr.buffers()[1], arr.offset, n) if n else np.zeros(0, dtype=bool)
+        data = _bits(buf, arr.offset, n) if n and buf is not None else np.zeros(n, dtype=bool)
     else:
         dtype = _dtype(arr.type)
-        buf = arr.buffers()[1]
         data = (np.frombuffer(buf, dtype=dtype, count=n, offset=arr.offset * dtype.itemsize)
-                if n else np.zeros(0, dtype=dtype))
+                if n and buf is not None else np.zeros(n, dtype=dtype))
     if arr.null_count == 0:
         return data
     ok = valid(arr)
