@@ -285,3 +285,32 @@ def test_background_writer_matches_direct_and_surfaces_errors(tmp_path):
             for start in range(0, batch.num_rows, 64):
                 w.write(batch.slice(start, 64))
     assert list(tmp_path.glob("bad*")) == [] and list(tmp_path.glob(".bad*")) == []
+
+
+def test_output_follows_symlinks_writes_fifos_in_place_and_honours_umask(tmp_path):
+    import os
+    import threading
+
+    rows = _example_rows()[:1]
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path / "new.parquet", rows)
+        assert (tmp_path / "new.parquet").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "link.parquet").symlink_to("sub/target.parquet")
+        _write(tmp_path / "link.parquet", rows)
+        assert (tmp_path / "link.parquet").is_symlink()
+        assert pq.read_table(tmp_path / "sub" / "target.parquet").num_rows == 1
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+        reader.start()
+        _write(fifo, rows, fmt="arrow")
+        reader.join(10)
+        assert fifo.is_fifo() and got and got[0][:4] == b"\xff\xff\xff\xff"
+        (tmp_path / "dir.parquet").mkdir()
+        with pytest.raises(UsageError, match="is a folder"):
+            _write(tmp_path / "dir.parquet", rows)
+    finally:
+        os.umask(old)

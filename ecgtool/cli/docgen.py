@@ -35,7 +35,9 @@ Input formats are recognised from their first bytes (Parquet, Arrow IPC stream o
 and gzip or zstd wrappers are removed transparently.
 Memory stays bounded by \fB\-\-batch\-size\fR whatever the number of records.
 A command that fails leaves no partial output file: output is written to a temporary
-file beside the target and renamed on success.
+file beside the target and renamed on success. A symbolic link is written through (its
+target is replaced); a device or FIFO given as -o (/dev/null, a named pipe) is written in place.
+New files get mode 0666 minus the umask; a replaced file keeps its mode.
 A closed downstream pipe (\fB| head\fR) ends the command quietly.
 .PP
 Columns a command does not know pass through untouched, so metadata and labels ride

@@ -154,24 +154,9 @@ def _clean(obj):
 
 
 def _write_atomic(path: str, text: str) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
+    from ecgtool.io.files import write_bytes_atomic
 
-    from ecgtool.errors import UsageError
-
-    target = Path(path)
-    if not target.parent.exists():
-        raise UsageError(f"{path}: folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, text.encode())
 
 
 def _cell(m: dict | None, ci: bool = True) -> str:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from ecgtool.errors import InputError, UsageError
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
+from ecgtool.io.files import AtomicOutput
 
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
 DEFAULT_BATCH_SIZE = 64
@@ -460,7 +461,7 @@ class TableWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._closed = False
-        self._tmp: str | None = None
+        self._out = None
         self._background = background
         if self.dest == "-":
             out = sys.stdout.buffer
@@ -471,11 +472,8 @@ class TableWriter:
                 )
             self._fh = out
         else:
-            target = Path(self.dest)
-            if not target.parent.exists():
-                raise UsageError(f"{self.dest}: folder {target.parent} does not exist")
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            self._fh = os.fdopen(fd, "wb")
+            self._out = AtomicOutput(self.dest)
+            self._fh = self._out.fh
         if self.format == "parquet":
             # Dictionary encoding: raw signals hold few distinct values (ADC steps times a gain), so it makes
             # converted tables ~40% smaller at the same write time; normalised samples and embeddings are
@@ -570,11 +568,7 @@ class TableWriter:
         if self.dest == "-":
             self._fh.flush()
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.dest)
-        self._tmp = None
+        self._out.commit()
 
     def abort(self) -> None:
         """Drop everything written so far (no partial file is left)."""
@@ -589,13 +583,7 @@ class TableWriter:
                 pass
         if self.dest == "-":
             return
-        try:
-            self._fh.close()
-        except Exception:
-            pass
-        if self._tmp and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-        self._tmp = None
+        self._out.discard()
 
     def __enter__(self) -> "TableWriter":
         return self

@@ -19,7 +19,6 @@ import json
 import os
 import pickletools
 import struct
-import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,8 +136,6 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, **extra: Any) -> P
     ``extra`` (``thresholds=``, ``temperature=``, ``provenance=``, or anything
     JSON-serialisable) is merged over ``model.extra`` and stored in the metadata.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     meta = checkpoint_metadata(model, **extra)
     try:
@@ -146,15 +143,12 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, **extra: Any) -> P
     except TypeError as exc:
         raise UsageError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    from safetensors.torch import save
+
+    from ecgtool.io.files import write_bytes_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: text})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, save(tensors, metadata={META_KEY: text}))
     return path
 
 

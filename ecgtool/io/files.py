@@ -1,0 +1,89 @@
+"""Output files: written whole or not at all, with the permissions a user expects.
+
+:class:`AtomicOutput` writes to a hidden temporary file beside the target and
+renames it over the target on success, so a failed or interrupted command
+leaves no partial file. Special cases, as cp and samtools treat them:
+
+* a symbolic link is followed: its target is replaced, the link stays;
+* an existing non-regular file (``/dev/null``, a FIFO, a character device)
+  is written in place, never replaced;
+* a new file gets mode 0666 minus the umask (mkstemp alone would leave 0600);
+  a replaced file keeps its mode.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from ecgtool.errors import UsageError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicOutput:
+    """``out = AtomicOutput(path)``; write to ``out.fh`` (binary); then ``out.commit()`` or ``out.discard()``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        target = Path(os.path.realpath(self.path))  # a symlink is written through
+        self.target = target
+        self._tmp: str | None = None
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"{self.path} is a folder", "give a file name")
+            self.fh: BinaryIO = open(target, "wb")  # device or FIFO: written in place
+            self._mode = None
+            return
+        if not target.parent.is_dir():
+            raise UsageError(f"{self.path}: folder {target.parent} does not exist")
+        self._mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        self.fh = os.fdopen(fd, "wb")
+
+    @property
+    def in_place(self) -> bool:
+        return self._tmp is None
+
+    def commit(self) -> None:
+        """Flush, sync and move the file into place."""
+        self.fh.flush()
+        if self._tmp is None:
+            self.fh.close()
+            return
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.chmod(self._tmp, self._mode)
+        os.replace(self._tmp, self.target)
+        self._tmp = None
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing is left behind)."""
+        try:
+            self.fh.close()
+        except Exception:
+            pass
+        if self._tmp and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    out = AtomicOutput(path)
+    try:
+        out.fh.write(data)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
