@@ -390,7 +390,7 @@ class Preprocessor:
         n = batch.num_rows
         self.records_in += n
         ids = [str(x) for x in batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()]
-        fs_in = A.to_numpy(batch.column(batch.schema.get_field_index(S.FS)))
+        fs_in = S.numeric_column(batch, S.FS)
         leads_in = batch.column(batch.schema.get_field_index(S.LEADS)).to_pylist()
         parts = _signal_parts(batch)
         fixed = S.batch_signal_array(batch) if parts is None else None

@@ -314,3 +314,13 @@ def test_output_follows_symlinks_writes_fifos_in_place_and_honours_umask(tmp_pat
             _write(tmp_path / "dir.parquet", rows)
     finally:
         os.umask(old)
+
+
+def test_non_numeric_fs_is_named(tmp_path, cli):
+    batch = records_batch(_example_rows()[:1])
+    bad = batch.set_column(batch.schema.get_field_index("fs"), "fs", batch.column("fs").cast(pa.string()))
+    pq.write_table(pa.Table.from_batches([bad]), tmp_path / "bad.parquet")
+    for args in (["info"], ["preprocess", "--preset", "ecg-fm", "-o", str(tmp_path / "o.parquet")]):
+        res = cli([*args, tmp_path / "bad.parquet"])
+        assert res.exit_code == 1
+        assert "column 'fs' holds string, not numbers" in res.stderr and "Traceback" not in res.stderr

@@ -40,7 +40,7 @@ def describe(reader: TableReader) -> dict[str, Any]:
         rows += batch.num_rows
         if S.RECORD_ID in names and S.SEGMENT in names:
             records.update(batch.column(names.index(S.RECORD_ID)).to_pylist())
-        fs = A.to_numpy(batch.column(names.index(S.FS))) if S.FS in names else None
+        fs = S.numeric_column(batch, S.FS) if S.FS in names else None
         if fs is not None:
             fs_counts.update(float(x) for x in fs)
         if S.LEADS in names:

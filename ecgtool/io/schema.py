@@ -274,6 +274,15 @@ def row_signal(col: pa.Array, i: int) -> np.ndarray:
     return vals.reshape(n_leads, int(lengths[0]))
 
 
+def numeric_column(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A numeric column as numpy (nulls -> NaN), or an error naming the column and its type."""
+    col = batch.column(batch.schema.get_field_index(name))
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise InputError(f"column '{name}' holds {col.type}, not numbers",
+                         f"write '{name}' as float64 (record tables from 'ecgtool convert' do)")
+    return A.to_numpy(col).astype(np.float64, copy=False)
+
+
 def column_values(batch: pa.RecordBatch, name: str, default: Any = None) -> list:
     if name not in batch.schema.names:
         return [default] * batch.num_rows
