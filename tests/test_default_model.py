@@ -110,3 +110,15 @@ def test_default_preset_renames_cinc2017_lead_and_rounds(cli, tmp_path, data_dir
     assert np.array_equal(xq, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
     assert not (xq.view(np.uint32) & 0xFFFF).any()
     assert not np.array_equal(xq, x)
+
+
+def test_default_model_by_name_loads_the_shipped_weights():
+    import torch
+
+    from ecgtool.models.checkpoint import load_model
+    from ecgtool.models.default import default_model_path
+
+    by_name, by_path = load_model("ecgtool-default"), load_model(default_model_path())
+    a, b = by_name.state_dict(), by_path.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert by_name.label_names == by_path.label_names

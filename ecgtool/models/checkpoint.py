@@ -333,9 +333,15 @@ def load_model(spec: str | Path, *, allow_random: bool = False, device: str | to
                 raise InputError(f"{text}: no such checkpoint file")
             model_info(text)  # raises the unknown-model error with suggestions
         if not allow_random:
+            from ecgtool.models.default import default_model_path
+
+            shipped = default_model_path()
+            if text == "ecgtool-default" and shipped is not None:
+                return load_model(shipped, device=device)  # the weights that ship with ecgtool
             raise CheckpointError(
                 f"{text!r} names an architecture in the registry, which carries no trained weights",
-                f"pass a checkpoint with -m instead ({RELEASED_HINT})")
+                f"pass a checkpoint with -m instead ({RELEASED_HINT}), or leave out -m (or give -m ecgtool-default) "
+                "for the model that ships with ecgtool")
         from ecgtool.models.registry import create_model
 
         model = create_model(text, **overrides)
