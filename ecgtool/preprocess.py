@@ -491,8 +491,9 @@ class Preprocessor:
                 and self.cfg.leads is not None and "I" in self.cfg.leads and not self._rename):
             if names[0] not in self._generic_told:
                 self._generic_told.add(names[0])
-                log.warning("single lead %r (first in %s) taken as lead I; use --rename %s=LEAD to say otherwise",
-                            names[0], rid, names[0])
+                log.warning("single lead %r (first in %s) taken as lead I; to say otherwise, give "
+                            "'ecgtool preprocess' --rename %s=LEAD (before embed or predict)",
+                            names[0], rid, shlex.quote(names[0]))
             return ("I",)
         return names
 

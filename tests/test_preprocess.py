@@ -391,3 +391,9 @@ def test_no_matching_lead_hint_can_be_followed(data_dir, tmp_path, cli):
     with open_table(tmp_path / "b.parquet") as r:
         (batch,) = list(r)
     assert batch.column("leads").to_pylist() == [["col 0"]]
+
+
+def test_numbered_ecg_channels_are_not_einthoven_leads():
+    from ecgtool.signal.leads import normalize_leads
+
+    assert normalize_leads(["ECG 1", "ECG2", "ECG I", "ecg-ii", "MLII"]) == ["ECG 1", "ECG2", "I", "II", "II"]

@@ -23,7 +23,8 @@ _ALIASES = {
     "LEADI": "I", "LEADII": "II", "LEADIII": "III",
     "L1": "I", "L2": "II", "L3": "III", "DI": "I", "DII": "II", "DIII": "III",
     "MLI": "I", "MLII": "II", "MLIII": "III", "ML2": "II",
-    "ECGI": "I", "ECGII": "II", "ECGIII": "III", "ECG1": "I", "ECG2": "II", "ECG3": "III",
+    # 'ECG I' names Einthoven's lead; 'ECG1', 'ECG 2' are numbered channels (MIT-BIH style), not leads I/II.
+    "ECGI": "I", "ECGII": "II", "ECGIII": "III",
     "AVR": "aVR", "AVL": "aVL", "AVF": "aVF", "LEADAVR": "aVR", "LEADAVL": "aVL", "LEADAVF": "aVF",
     "-AVR": "-aVR",
     "VX": "VX", "VY": "VY", "VZ": "VZ",
