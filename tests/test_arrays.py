@@ -110,3 +110,14 @@ def test_record_table_commands_do_not_import_pandas(tmp_path, args):
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_json_text_is_strict():
+    import json
+
+    import numpy as np
+
+    from ecgtool.io.files import json_text
+
+    text = json_text({"a": float("nan"), "b": [np.float32(1.5), np.int64(3), float("inf")], "c": None, 1: "x"})
+    assert json.loads(text) == {"a": None, "b": [1.5, 3, None], "c": None, "1": "x"}

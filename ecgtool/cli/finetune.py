@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -131,12 +130,18 @@ def finetune(
     result = ft.finish()
     if ft.dist.is_main:
         val = result["val"]
-        log.info("finetune: %d updates (best at step %s%s); validation macro AUPRC %.4f, macro AUROC %.4f; "
-                 "temperature %.3f; model written to %s", result["steps"], result["best_step"],
-                 ", stopped early" if result["stopped_early"] else "", val["macro_auprc"], val["macro_auroc"],
-                 result["temperature"], output)
+        if result["best_step"] is None:
+            log.warning("finetune: %d updates and no validation evaluation ran (training ended before the first "
+                        "one; lower --eval-every or raise --max-steps); model written to %s", result["steps"], output)
+        else:
+            log.info("finetune: %d updates (best at step %s%s); validation macro AUPRC %.4f, macro AUROC %.4f; "
+                     "temperature %.3f; model written to %s", result["steps"], result["best_step"],
+                     ", stopped early" if result["stopped_early"] else "", val["macro_auprc"], val["macro_auroc"],
+                     result["temperature"], output)
         if "test" in result:
             log.info("finetune: test macro AUPRC %.4f, macro AUROC %.4f", result["test"]["macro_auprc"],
                      result["test"]["macro_auroc"])
         if report is not None:
-            report.write_text(json.dumps(result, indent=2, default=str))
+            from ecgtool.io.files import json_text
+
+            report.write_text(json_text(result) + "\n")

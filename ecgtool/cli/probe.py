@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from typing import List, Optional
 
 import typer
@@ -123,7 +121,9 @@ def probe(
         paths = write_figures(rep, arrays, figures)
         rep["figures"] = [str(p) for p in paths]
         log.info("wrote %d figures into %s", len(paths), figures)
-    text = json.dumps(_clean(rep), indent=2)
+    from ecgtool.io.files import json_text
+
+    text = json_text(rep)
     if report and report != "-":
         _write_atomic(report, text + "\n")
         log.info("wrote the report to %s", report)
@@ -138,19 +138,6 @@ def _command_line() -> str:
     import sys
 
     return shlex.join(["ecgtool"] + sys.argv[1:])
-
-
-def _clean(obj):
-    """JSON-safe: NaN/inf become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item"):
-        return _clean(obj.item())
-    return obj
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -13,11 +13,13 @@ leaves no partial file. Special cases, as cp and samtools treat them:
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ecgtool.errors import UsageError
 
@@ -87,3 +89,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         out.discard()
         raise
+
+
+def json_safe(obj: Any) -> Any:
+    """Plain JSON values: NaN and infinities become null, numpy scalars Python numbers, other objects text."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return json_safe(obj.item())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (no bare NaN, which most parsers reject) of a report or log record."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)

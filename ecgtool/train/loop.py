@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ecgtool.errors import CheckpointError, EcgtoolError, UsageError
+from ecgtool.io.files import json_text
 from ecgtool.train.data import BatchPlan
 from ecgtool.train.distributed import DistInfo, all_reduce_mean, broadcast_object
 
@@ -359,7 +360,7 @@ class Loop:
         if not self.dist.is_main:
             return
         with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record, indent=None) + "\n")
 
     def _done(self) -> bool:
         c, s = self.cfg, self.state
