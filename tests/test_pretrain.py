@@ -189,6 +189,8 @@ def test_pretrain_resume_is_bit_for_bit(cli, seg, tmp_path):
     assert (full / "model.safetensors").is_file()
     r = cli(["pretrain", seg, "-o", part, *TINY, "--max-steps", "2", "--checkpoint-every", "2"])
     assert r.exit_code == 0, r.output
+    r = cli(["pretrain", seg, "-o", part, *TINY, "--max-steps", "4", "--checkpoint-every", "2"])
+    assert r.exit_code == 2 and "holds checkpoints of an earlier run" in r.stderr  # no silent mixing of runs
     r = cli(["pretrain", seg, "-o", part, *TINY, "--max-steps", "4", "--checkpoint-every", "2", "--resume"])
     assert r.exit_code == 0, r.output
     a, b = losses(full), losses(part)

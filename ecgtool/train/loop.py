@@ -397,6 +397,10 @@ class Loop:
     def steps(self) -> Iterator[dict]:
         """Run the loop, yielding one dict per update (step, epoch, loss, parts, lr, ...)."""
         cfg = self.cfg
+        earlier = latest_checkpoint(self.out_dir) if not cfg.resume and self.out_dir.is_dir() else None
+        if earlier is not None:
+            raise UsageError(f"{self.out_dir} holds checkpoints of an earlier run (newest: {earlier.name})",
+                             "continue that run with --resume, or give a new output folder (or remove this one)")
         self.out_dir.mkdir(parents=True, exist_ok=True) if self.dist.is_main else None
         if cfg.resume:
             self._resume()
