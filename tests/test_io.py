@@ -168,12 +168,16 @@ def test_failed_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_npz_needs_fixed_shape(tmp_path):
+def test_npz_needs_one_shape(tmp_path):
     rows = _example_rows()
+    _write(tmp_path / "same.npz", rows)  # variable-shape column, rows of one shape: written
+    with np.load(tmp_path / "same.npz") as z:
+        assert z["signal"].shape == (4, 12, 5000)
+        np.testing.assert_array_equal(z["signal"][1], rows[1]["signal"])
     rows[0]["signal"] = rows[0]["signal"][:, :100]
-    with pytest.raises(UsageError, match="preprocess"):
+    with pytest.raises(UsageError, match=r"differ in shape \(12×100, 12×5000\)"):
         _write(tmp_path / "x.npz", rows)
-    assert not any(tmp_path.iterdir())
+    assert not (tmp_path / "x.npz").exists() and len(list(tmp_path.iterdir())) == 1
 
 
 def test_parquet_on_stdin_is_spooled(tmp_path):

@@ -364,13 +364,23 @@ def table_to_npz_arrays(table: pa.Table) -> dict[str, np.ndarray]:
     for name in table.column_names:
         col = table.column(name).combine_chunks()
         if name == S.SIGNAL:
-            if not S.is_fixed_signal(col.type):
+            if S.is_fixed_signal(col.type):
+                L, T = S.fixed_shape(col.type)
+                out[name] = A.to_numpy(col.flatten().flatten()).reshape(len(col), L, T)
+                continue
+            try:  # a variable-shape column whose rows happen to share one shape
+                sigs = [S.row_signal(col, i) for i in range(len(col))]
+            except ValueError as exc:
+                raise UsageError(f"NPZ holds one (records, leads, samples) array, and a record has {exc}",
+                                 "run 'ecgtool preprocess' first, or write Parquet") from None
+            shapes = sorted({s.shape for s in sigs})
+            if len(shapes) > 1:
                 raise UsageError(
-                    "NPZ needs every record to share leads and length",
+                    "NPZ holds one (records, leads, samples) array, but the records differ in shape "
+                    f"({', '.join(f'{a}×{b}' for a, b in shapes[:4])}{', …' if len(shapes) > 4 else ''})",
                     "run 'ecgtool preprocess' first, or write Parquet",
                 )
-            L, T = S.fixed_shape(col.type)
-            out[name] = A.to_numpy(col.flatten().flatten()).reshape(len(col), L, T)
+            out[name] = np.stack(sigs) if sigs else np.zeros((0, 0, 0), dtype=np.float32)
         elif name == S.LEADS:
             rows = col.to_pylist()
             if rows and any(r != rows[0] for r in rows):
