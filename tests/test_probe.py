@@ -352,3 +352,19 @@ def test_cli_multiclass_and_errors(ptbxl_tables, cli, tmp_path):
     r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", tmp_path / "bad.parquet", "--label-cols", "NORM",
              "--fold-col", "strat_fold"])
     assert r.exit_code == 1 and "share no record_id" in r.stderr
+
+
+def test_thresholded_metrics_need_only_their_own_class():
+    from sklearn.metrics import f1_score
+
+    y = np.array([1, 1, 1], dtype=bool)
+    pred = np.array([1, 0, 0], dtype=bool)
+    got = mt.confusion_weighted(y, pred, np.ones((1, 3)))
+    assert got["f1"][0] == pytest.approx(f1_score(y, pred)) == pytest.approx(0.5)
+    assert got["sensitivity"][0] == pytest.approx(1 / 3) and np.isnan(got["specificity"][0])
+    assert mt.metric_reason("f1", 3, 0) is None
+    assert mt.metric_reason("specificity", 3, 0) == "no negative records in the test split"
+    assert mt.metric_reason("auroc", 3, 0) == "no negative records in the test split"
+    # no positives but negatives, and no threshold chosen: specificity's reason is the threshold
+    assert "no threshold" in mt.metric_reason("specificity", 0, 3, has_threshold=False)
+    assert mt.metric_reason("sensitivity", 0, 3, has_threshold=False) == "no positive records in the test split"

@@ -7,8 +7,9 @@ Python loop. With unit weights the values equal scikit-learn's
 ``roc_auc_score``, ``average_precision_score``, ``f1_score``,
 ``recall_score`` (tests check this).
 
-A metric that cannot be computed (no positive or no negative sample) is
-``nan``; :func:`summarise` turns it into ``{"value": None, "reason": ...}``.
+A metric that cannot be computed is ``nan``: AUROC and AUPRC without a
+positive or without a negative sample, F1 and sensitivity without a positive,
+specificity without a negative; :func:`summarise` turns it into ``{"value": None, "reason": ...}``.
 """
 
 from __future__ import annotations
@@ -105,9 +106,8 @@ def confusion_weighted(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[s
         sens = tp / (tp + fn)
         spec = tn / (tn + fp)
         f1 = 2 * tp / (2 * tp + fp + fn)
-    # F1 needs both classes to mean anything here, as the other metrics do.
-    undefined = (tp + fn <= 0) | (tn + fp <= 0)
-    f1[undefined] = np.nan
+    # F1 and sensitivity need positives; specificity needs negatives.
+    f1[tp + fn <= 0] = np.nan
     sens[tp + fn <= 0] = np.nan
     spec[tn + fp <= 0] = np.nan
     return {"f1": f1, "sensitivity": sens, "specificity": spec}
@@ -269,9 +269,11 @@ def metric_reason(metric: str, n_pos: int, n_neg: int, has_threshold: bool = Tru
     """Why a metric is not computable on a split, or ``None`` if it is."""
     if n_pos == 0 and n_neg == 0:
         return "no labelled records in the test split"
-    if n_pos == 0:
+    needs_pos = metric != "specificity"  # AUROC/AUPRC need both classes, F1 and sensitivity positives
+    needs_neg = metric in RANKING or metric == "specificity"
+    if needs_pos and n_pos == 0:
         return "no positive records in the test split"
-    if n_neg == 0:
+    if needs_neg and n_neg == 0:
         return "no negative records in the test split"
     if metric in THRESHOLDED and not has_threshold:
         return "no threshold: the validation split has no positive or no negative records"
