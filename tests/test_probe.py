@@ -368,3 +368,15 @@ def test_thresholded_metrics_need_only_their_own_class():
     # no positives but negatives, and no threshold chosen: specificity's reason is the threshold
     assert "no threshold" in mt.metric_reason("specificity", 0, 3, has_threshold=False)
     assert mt.metric_reason("sensitivity", 0, 3, has_threshold=False) == "no positive records in the test split"
+
+
+def test_fold_splits_take_lists():
+    from ecgtool.analysis.probe import fold_splits
+    from ecgtool.errors import UsageError
+
+    folds = np.array([1, 2, 3, 4, 5, 1.0, None, "3"], dtype=object)
+    (sp,) = fold_splits(folds, "1,2", "3")
+    assert sorted(sp.test) == [0, 1, 5] and sorted(sp.val) == [2, 7] and sorted(sp.train) == [3, 4]
+    assert sp.name == "test folds 1,2"
+    with pytest.raises(UsageError, match="fold 3 is in both"):
+        fold_splits(folds, "3", "2,3")

@@ -335,21 +335,31 @@ def _norm_value(v: Any) -> str | None:
     return str(v).strip()
 
 
+def _fold_set(text: Any) -> set[str]:
+    """'10' or '8,9,10' -> {'8', '9', '10'} (normalised as the column's values are)."""
+    parts = [p for p in str(text).split(",") if p.strip()] if isinstance(text, str) else [text]
+    return {v for v in (_norm_value(p) for p in parts) if v is not None}
+
+
 def fold_splits(folds: np.ndarray, test_fold: str, val_fold: str, col: str = "fold") -> list[Split]:
+    """One split: test = the ``test_fold`` folds (comma-separated), validation = ``val_fold``'s, train = the rest."""
     vals = np.array([_norm_value(v) for v in folds], dtype=object)
-    test_fold, val_fold = _norm_value(test_fold), _norm_value(val_fold)
-    if test_fold == val_fold:
-        raise UsageError(f"--test-fold and --val-fold are both {test_fold}", "they must differ")
-    test = np.flatnonzero(vals == test_fold)
-    val = np.flatnonzero(vals == val_fold)
-    train = np.flatnonzero((vals != test_fold) & (vals != val_fold) & (vals != None))  # noqa: E711
+    test_set, val_set = _fold_set(test_fold), _fold_set(val_fold)
+    both = sorted(test_set & val_set)
+    if both:
+        raise UsageError(f"fold {', '.join(both)} is in both --test-fold and --val-fold", "they must differ")
+    in_test = np.isin(vals, list(test_set))
+    in_val = np.isin(vals, list(val_set))
+    test, val = np.flatnonzero(in_test), np.flatnonzero(in_val)
+    train = np.flatnonzero(~in_test & ~in_val & (vals != None))  # noqa: E711
     present = sorted({v for v in vals if v is not None}, key=lambda s: (len(s), s))
     for what, idx, f in (("test", test, test_fold), ("validation", val, val_fold)):
         if idx.size == 0:
             raise UsageError(f"{col}: no record is in {what} fold {f}", f"folds present: {', '.join(present[:20])}")
     if train.size == 0:
         raise UsageError(f"{col}: no record is left for training", f"folds present: {', '.join(present[:20])}")
-    return [Split(f"test fold {test_fold}", train, val, test)]
+    label = ",".join(sorted(test_set, key=lambda s: (len(s), s)))
+    return [Split(f"test fold{'s' if len(test_set) > 1 else ''} {label}", train, val, test)]
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -26,9 +26,9 @@ def probe(
                              "or one-hot columns).")] = False,
     fold_col: Annotated[Optional[str], typer.Option(
         "--fold-col", help="Column with a fold per record (e.g. strat_fold).")] = None,
-    test_fold: Annotated[str, typer.Option("--test-fold", help="Fold reported on.")] = "10",
+    test_fold: Annotated[str, typer.Option("--test-fold", help="Fold(s) reported on, e.g. 10 or 8,9,10.")] = "10",
     val_fold: Annotated[str, typer.Option(
-        "--val-fold", help="Fold used to choose C, the threshold and the temperature.")] = "9",
+        "--val-fold", help="Fold(s) used to choose C, the threshold and the temperature, e.g. 9 or 6,7.")] = "9",
     group_col: Annotated[Optional[str], typer.Option(
         "--group-col", help="Group column for cross-validation (a patient never spans two folds).")] = None,
     cv: Annotated[Optional[int], typer.Option("--cv", min=3, help="Number of grouped cross-validation folds.")] = None,
