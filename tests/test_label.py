@@ -467,3 +467,19 @@ def test_segment_table_gives_one_label_row_per_record(tmp_path, cinc2021_rows):
     pd.testing.assert_frame_equal(seg, rec)
     assert rep_seg["records"] == 6 and rep_seg["repeated_rows"] == 12 and rep_rec["repeated_rows"] == 0
     assert rep_seg["labels"] == rep_rec["labels"]
+
+
+def test_label_join_writes_ids_as_convert_does(tmp_path, data_dir, cli):
+    """patient_id '15709.0' in ptbxl_database.csv is '15709' from label --join and from convert --join."""
+    import pyarrow.parquet as pq
+
+    heads = sorted((data_dir / "ptbxl-500" / "records500").rglob("*.hea"))[:3]
+    db = data_dir / "ptbxl-500" / "ptbxl_database.csv"
+    assert cli(["convert", *heads, "-o", tmp_path / "r.parquet"]).exit_code == 0
+    assert cli(["convert", *heads, "--join", db, "-o", tmp_path / "j.parquet"]).exit_code == 0
+    res = cli(["label", tmp_path / "r.parquet", "--join", db, "-o", tmp_path / "l.parquet"])
+    assert res.exit_code == 0, res.stderr
+    conv, lab = pq.read_table(tmp_path / "j.parquet"), pq.read_table(tmp_path / "l.parquet")
+    assert lab.schema.field("patient_id").type == pa.string()
+    assert lab.column("patient_id").to_pylist() == conv.column("patient_id").to_pylist()
+    assert all(p.isdigit() for p in lab.column("patient_id").to_pylist())

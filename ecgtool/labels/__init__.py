@@ -116,7 +116,7 @@ def run_label(
             import re as _re
 
             for c in keep:
-                if c not in types and c in jt.columns:
+                if c not in types and c in jt.columns and c != "patient_id":  # ids stay text, as in convert
                     vals = [r.get(c) for r in jt.rows]
                     if vals and all(v is None or _re.fullmatch(r"-?\d+", str(v)) for v in vals):
                         types[c] = pa.int64()

@@ -324,6 +324,9 @@ def _shape(s: str) -> str:
     return _SHAPE.sub(lambda m: "9" if m.group(0)[0].isdigit() else "a", s)
 
 
+_WHOLE = re.compile(r"([+-]?\d+)(?:\.0*)?")
+
+
 class JoinTable:
     """A small CSV of per-record metadata (PTB-XL database, REFERENCE.csv, ludb.csv)
     looked up by record id. A CSV without a header row (CinC 2017's REFERENCE.csv)
@@ -358,6 +361,12 @@ class JoinTable:
             for k, v in r.items():
                 if isinstance(v, str):
                     r[k] = v.strip() if v.strip() else None
+        for col in self.columns:  # '15709.0' -> '15709' where a column holds only whole numbers, as convert --join
+            vals = [r[col] for r in self.rows if r.get(col) is not None]
+            if vals and all(_WHOLE.fullmatch(v) for v in vals):
+                for r in self.rows:
+                    if r.get(col) is not None:
+                        r[col] = _WHOLE.fullmatch(r[col]).group(1)
         if on is not None and on not in self.columns:
             raise UsageError(f"--join-on {on!r} is not a column of {path}", f"columns: {', '.join(self.columns)}")
         self.on = on
