@@ -482,6 +482,9 @@ class JoinTable:
         else:
             self.keys = [str(df.columns[0])]
         df.columns = [str(c) for c in df.columns]
+        if {"scp_codes", "filename_hr", "sex"} <= set(df.columns) and set(df["sex"].dropna().unique()) <= {0, 1}:
+            # PTB-XL codes sex 0 = male, 1 = female; headers of other databases give M/F
+            df["sex"] = df["sex"].map({0: "M", 1: "F"})
         self.table = self._to_arrow(df)
         self.index: dict[str, int] = {}
         for k in self.keys:

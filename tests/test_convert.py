@@ -181,6 +181,7 @@ def test_join_ptbxl_database(data_dir, tmp_path, cli):
         assert row["scp_codes"] == ref["scp_codes"]
         assert row["strat_fold"] == int(ref["strat_fold"])
         assert row["patient_id"] == str(int(float(ref["patient_id"])))
+        assert row["sex"] == {"0": "M", "1": "F"}[ref["sex"]]  # PTB-XL's 0/1, as other databases code it
         assert row["age"] == float(ref["age"])
 
 
