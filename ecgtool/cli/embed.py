@@ -48,8 +48,11 @@ def embed(
     from ecgtool.models.apply import embed_table
     from ecgtool.models.inference import parse_shard, shard_path
 
+    from ecgtool.io.stream import refuse_terminal
+
     errors = record_errors(on_error)
     sh = parse_shard(shard)
+    refuse_terminal(shard_path(output, sh))
     net, dev = open_model(model, device)
     with open_input(src, batch_size, errors) as reader:
         stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,

@@ -440,6 +440,15 @@ def _leaf_paths(field: pa.Field) -> list[str]:
     return [field.name]
 
 
+def refuse_terminal(dest: str) -> None:
+    """A table on stdout must go to a file or a pipe, not a terminal (checked before any work is done)."""
+    if dest == "-" and sys.stdout.isatty():
+        raise UsageError(
+            "refusing to write a binary table to the terminal",
+            "give -o FILE, or pipe into another command (… | ecgtool info -)",
+        )
+
+
 class TableWriter:
     """Write batches to a file (atomically) or to stdout.
 
@@ -474,13 +483,8 @@ class TableWriter:
         self._out = None
         self._background = background
         if self.dest == "-":
-            out = sys.stdout.buffer
-            if out.isatty():
-                raise UsageError(
-                    "refusing to write a binary table to the terminal",
-                    "give -o FILE, or pipe into another command (… | ecgtool info -)",
-                )
-            self._fh = out
+            refuse_terminal(self.dest)
+            self._fh = sys.stdout.buffer
         else:
             self._out = AtomicOutput(self.dest)
             self._fh = self._out.fh
