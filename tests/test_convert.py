@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import os
 import re
 import shutil
@@ -254,6 +255,8 @@ def test_hl7_aecg_and_dicom(data_dir, tmp_path):
     scale = float(re.search(r'<scale value="([^"]+)" unit="uV"', seq).group(1))
     digits = np.array(re.search(r"<digits>(.*?)</digits>", seq, re.S).group(1).split(), dtype=np.float64)
     np.testing.assert_array_equal(a["signal"][a["leads"].index("I")], (digits * scale * 1e-3).astype(np.float32))
+    start = re.search(r'<series>.*?<effectiveTime>\s*<low value="(\d{14})"', text, re.S).group(1)
+    assert a["base_datetime"] == dt.datetime.strptime(start, "%Y%m%d%H%M%S")  # the series' start
     d = rows["waveform_ecg"]
     ds = pydicom.dcmread(str(dcm))
     ref = (ds.waveform_array(0).T * 1e-3).astype(np.float32)

@@ -15,6 +15,8 @@ looks at) is handed to ``philips.py``.
 
 from __future__ import annotations
 
+import datetime as _dt
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,20 @@ def _sequences(series):
                 yield from _children(comp2, "sequence")
 
 
+def _ts(el) -> _dt.datetime | None:
+    """An HL7 TS value ('20021122091000', '200211220737', '20021122091000.123+0100') as a naive datetime."""
+    value = (el.get("value") or "") if el is not None else ""
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-]\d{4})?", value.strip())
+    if not m:
+        return None
+    y, mo, d, h, mi, sec, frac = m.groups()
+    try:
+        return _dt.datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(sec or 0),
+                            int((frac or "0").ljust(6, "0")))
+    except ValueError:
+        return None
+
+
 def _read_aecg(root, path: Path, name: str) -> RawRecord:
     series = _series(root)
     if series is None:
@@ -146,4 +162,9 @@ def _read_aecg(root, path: Path, name: str) -> RawRecord:
         t = _local(el.tag)
         if t == "administrativeGenderCode" and "sex" not in meta:
             meta["sex"] = {"M": "M", "F": "F"}.get((el.get("code") or "").upper())
+    when = _ts(_child(_child(series, "effectiveTime"), "low"))  # start of the waveforms
+    if when is None:
+        when = _ts(_child(_child(root, "effectiveTime"), "center"))  # the document's time of the ECG
+    if when is not None:
+        meta["base_datetime"] = when
     return RawRecord(name=name, fs=fs, leads=leads, signal=sig, source=str(path), units=units, meta=meta)
