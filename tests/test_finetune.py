@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -374,3 +376,20 @@ def test_drop_leads_keeps_a_signal_and_only_real_leads():
     assert 0.2 < frac_single < 0.45  # ~0.3 from single_lead_prob (+ rare 1-lead masks)
     assert 0.35 < kept[100:].mean() < 0.6
     np.testing.assert_array_equal(drop_leads(x.copy(), 0.0, 0.0, rng), x)
+
+
+def test_multiclass_from_a_column_of_class_names(cli, cinc, tmp_path):
+    """--task multiclass with one label column of class names (as CinC 2017's REFERENCE.csv) gives one class each."""
+    t = pq.read_table(cinc)
+    cls = ["N" if n else "A" if a else "O" for n, a in zip(t.column("normal").to_pylist(), t.column("af").to_pylist())]
+    lab = tmp_path / "rhythm.parquet"
+    pq.write_table(pa.table({"record_id": t.column("record_id"), "label": pa.array(cls)}), lab)
+    out = tmp_path / "m.safetensors"
+    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--from-scratch", "-l", lab, "--labels", "label",
+             "--task", "multiclass", "--mode", "linear", "-o", out, "--val-fraction", "0.3",
+             "--device", "cpu", "--batch-size", "8", "--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert "holds 3 classes: A, N, O" in r.output
+    from ecgtool.models.checkpoint import load_model
+
+    assert load_model(out).label_names == ["A", "N", "O"]

@@ -83,7 +83,10 @@ def finetune(
 
     Labels come from a label table joined by record_id (--labels-table) or
     from label columns of the input (--labels); null means unobserved (the
-    label is masked out of the loss). Segments train one by one and are
+    label is masked out of the loss); with --task multiclass, one column of
+    class names (N, A, O, ...) becomes one class each. The input is a
+    fixed-shape table ('ecgtool preprocess --preset' of the model's family).
+    Segments train one by one and are
     scored per record (mean logit). The saved checkpoint carries the label
     names, per-label thresholds chosen on validation and a temperature fitted
     on validation. Under torchrun or srun the run uses DDP.
@@ -93,8 +96,8 @@ def finetune(
       ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet -o ft.safetensors \\
           --fold-column strat_fold --val-folds 9 --test-folds 10
       ecgtool finetune seg.parquet -m ecgfm-small --from-scratch -l labels.parquet -o scratch.safetensors
-      ecgtool finetune rec.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
-      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --task multiclass -o af.safetensors
+      ecgtool finetune seg10.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
+      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass -o af.safetensors
     """
     from ecgtool.cli.common import run_steps
     from ecgtool.cli.pretrain import _status, parse_floats

@@ -226,6 +226,24 @@ def _label_value(v) -> float:
     raise ValueError(f"{v!r} is not a label value (1/0/null)")
 
 
+def class_columns(values: Sequence) -> tuple[list[str], dict[str, list]]:
+    """A column of class names (multiclass) -> (sorted class names, one 1/0/null column per class)."""
+    names = [None if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip() else str(v).strip()
+             for v in values]
+    classes = sorted({v for v in names if v is not None})
+    return classes, {c: [None if v is None else int(v == c) for v in names] for c in classes}
+
+
+def is_class_column(values: Sequence) -> bool:
+    """True when a label column holds class names rather than 1/0/null."""
+    try:
+        for v in values:
+            _label_value(v)
+    except ValueError:
+        return True
+    return False
+
+
 def label_matrix(columns: dict[str, list], names: Sequence[str], source: str) -> np.ndarray:
     """(n, K) float32 with 1/0 and NaN for null, from label columns."""
     out = np.empty((len(next(iter(columns.values()))) if columns else 0, len(names)), dtype=np.float32)
