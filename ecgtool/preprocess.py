@@ -250,33 +250,17 @@ def make_config(preset: str | None = None, filter: str | None = None, **override
 # --------------------------------------------------------------------------- reading rows
 
 
-def _signal_parts(batch: pa.RecordBatch):
-    """(outer offsets, inner offsets, float32 values) of the signal column, once per batch."""
+def _signal_rows(batch: pa.RecordBatch) -> S.SignalRows | None:
+    """Row access to a variable-shape signal column, read once per batch (None for fixed-shape tables)."""
     col = S.signal_column(batch)
-    shape = S.fixed_shape(col.type)
-    if shape is not None:
-        return None
-    outer_off, inner = S._list_parts(col)
-    inner_off, values = S._list_parts(inner)
-    vals = A.to_numpy(values)
-    if vals.dtype != np.float32:
-        vals = vals.astype(np.float32)
-    return outer_off, inner_off, vals, A.valid(col)
+    return None if S.fixed_shape(col.type) is not None else S.SignalRows(col)
 
 
-def _row(parts, i: int) -> np.ndarray:
-    outer_off, inner_off, vals, valid = parts
-    if not valid[i]:
-        raise ValueError("the signal is null")
-    a, b = int(outer_off[i]), int(outer_off[i + 1])
-    if b == a:
+def _row(rows: S.SignalRows, i: int) -> np.ndarray:
+    x = rows[i]
+    if x.shape[0] == 0:
         raise ValueError("the record has no leads")
-    starts = inner_off[a:b]
-    lengths = inner_off[a + 1 : b + 1] - starts
-    if np.any(lengths != lengths[0]):
-        raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
-    lo = int(starts[0])
-    return vals[lo : lo + int(lengths[0]) * (b - a)].reshape(b - a, int(lengths[0]))
+    return x
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -392,7 +376,7 @@ class Preprocessor:
         ids = [str(x) for x in batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()]
         fs_in = S.numeric_column(batch, S.FS)
         leads_in = batch.column(batch.schema.get_field_index(S.LEADS)).to_pylist()
-        parts = _signal_parts(batch)
+        parts = _signal_rows(batch)
         fixed = S.batch_signal_array(batch) if parts is None else None
 
         groups: dict[tuple, list[int]] = {}

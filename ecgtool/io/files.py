@@ -54,10 +54,6 @@ class AtomicOutput:
         fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         self.fh = os.fdopen(fd, "wb")
 
-    @property
-    def in_place(self) -> bool:
-        return self._tmp is None
-
     def commit(self) -> None:
         """Flush, sync and move the file into place."""
         self.fh.flush()

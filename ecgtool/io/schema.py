@@ -236,42 +236,56 @@ def batch_signals(batch: pa.RecordBatch) -> list[np.ndarray]:
     shape = fixed_shape(col.type)
     if shape is not None:
         return list(batch_signal_array(batch))
-    return [row_signal(col, i) for i in range(len(col))]
+    rows = SignalRows(col)
+    return [rows[i] for i in range(len(rows))]
 
 
-def _list_parts(col: pa.Array):
-    return A.offsets(col), col.values
+class SignalRows:
+    """The rows of a signal column as (leads, samples) float32 arrays (views where possible).
+
+    The offsets and values are read once, so indexing every row of a batch
+    costs one pass. A row that is null, or whose leads differ in length,
+    raises :class:`ValueError`; read such rows lead by lead with :meth:`leads`.
+    """
+
+    def __init__(self, col: pa.Array):
+        self.outer = A.offsets(col)
+        self.inner = A.offsets(col.values)
+        vals = A.to_numpy(col.values.values)
+        self.values = vals if vals.dtype == np.float32 else vals.astype(np.float32)
+        self.valid = A.valid(col) if col.null_count else None
+        self.n = len(col)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def leads(self, i: int) -> list[np.ndarray]:
+        """Row i as one array per lead (lengths may differ)."""
+        a, b = self.outer[i], self.outer[i + 1]
+        return [self.values[self.inner[k] : self.inner[k + 1]] for k in range(a, b)]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.valid is not None and not self.valid[i]:
+            raise ValueError("the signal is null")
+        a, b = int(self.outer[i]), int(self.outer[i + 1])
+        if b == a:
+            return np.zeros((0, 0), dtype=np.float32)
+        starts = self.inner[a:b]
+        lengths = self.inner[a + 1 : b + 1] - starts
+        if np.any(lengths != lengths[0]):
+            raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
+        lo = int(starts[0])
+        return self.values[lo : lo + int(lengths[0]) * (b - a)].reshape(b - a, int(lengths[0]))
 
 
 def row_leads(col: pa.Array, i: int) -> list[np.ndarray]:
     """Row i of a signal column as a list of per-lead arrays (lengths may differ)."""
-    outer_off, inner = _list_parts(col)
-    inner_off, values = _list_parts(inner)
-    vals = A.to_numpy(values)
-    a, b = outer_off[i], outer_off[i + 1]
-    return [vals[inner_off[k] : inner_off[k + 1]] for k in range(a, b)]
+    return SignalRows(col).leads(i)
 
 
 def row_signal(col: pa.Array, i: int) -> np.ndarray:
-    """Row i of a signal column as a (leads, samples) float32 array."""
-    if col.null_count and not A.valid(col)[i]:
-        raise ValueError("the signal is null")
-    outer_off, inner = _list_parts(col)
-    inner_off, values = _list_parts(inner)
-    a, b = int(outer_off[i]), int(outer_off[i + 1])
-    n_leads = b - a
-    if n_leads == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    starts = inner_off[a:b]
-    ends = inner_off[a + 1 : b + 1]
-    lengths = ends - starts
-    if np.any(lengths != lengths[0]):
-        raise ValueError(f"leads differ in length ({', '.join(str(int(x)) for x in lengths)} samples)")
-    lo, hi = int(starts[0]), int(ends[-1])
-    vals = A.to_numpy(values.slice(lo, hi - lo))
-    if vals.dtype != np.float32:
-        vals = vals.astype(np.float32)
-    return vals.reshape(n_leads, int(lengths[0]))
+    """Row i of a signal column as a (leads, samples) float32 array (for many rows, use :class:`SignalRows`)."""
+    return SignalRows(col)[i]
 
 
 def numeric_column(batch: pa.RecordBatch, name: str) -> np.ndarray:

@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import io
-from collections import deque
 import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
+from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -369,7 +369,8 @@ def table_to_npz_arrays(table: pa.Table) -> dict[str, np.ndarray]:
                 out[name] = A.to_numpy(col.flatten().flatten()).reshape(len(col), L, T)
                 continue
             try:  # a variable-shape column whose rows happen to share one shape
-                sigs = [S.row_signal(col, i) for i in range(len(col))]
+                rows = S.SignalRows(col)
+                sigs = [rows[i] for i in range(len(rows))]
             except ValueError as exc:
                 raise UsageError(f"NPZ holds one (records, leads, samples) array, and a record has {exc}",
                                  "run 'ecgtool preprocess' first, or write Parquet") from None

@@ -376,7 +376,11 @@ class Finetuner:
                 if unknown:
                     raise UsageError(f"--labels {','.join(unknown)}: not in {labels} ({', '.join(names[:12])})")
                 names = list(cfg.labels)
-            table, names = self._classes(table, names, str(labels))
+            classes, columns = self._classes(names, {n: table.column(n).to_pylist() for n in names}, str(labels))
+            if classes != names and S.RECORD_ID in table.schema.names:  # else join_labels says what is missing
+                table = pa.table({S.RECORD_ID: table.column(S.RECORD_ID),
+                                  **{c: pa.array(v, pa.int8()) for c, v in columns.items()}})
+                names = classes
             y, joined = D.join_labels(self.data.record_ids, table, names, str(labels))
             rec_ids = set(self.data.record_ids.tolist())
             n_rec = len(rec_ids)
@@ -403,26 +407,20 @@ class Finetuner:
             raise InputError(f"{self.data.name}: no label column {', '.join(missing)}",
                              "give a label table with --labels-table, or name existing columns")
         columns = {n: self.data.column(n) for n in names}
-        if self.cfg.task == "multiclass" and len(names) == 1 and D.is_class_column(columns[names[0]]):
-            names, columns = D.class_columns(columns[names[0]])
+        names, columns = self._classes(names, columns, self.data.name)
         y = D.label_matrix(columns, names, self.data.name)
         self.report.update(joined_rows=len(self.data), records=len(set(self.data.record_ids.tolist())))
         return list(names), y
 
-    def _classes(self, table: pa.Table, names: list[str], source: str) -> tuple[pa.Table, list[str]]:
+    def _classes(self, names: list[str], columns: dict[str, list], source: str) -> tuple[list[str], dict[str, list]]:
         """--task multiclass with one column of class names (CinC 2017's N/A/O/~): one 1/0 column per class."""
-        if self.cfg.task != "multiclass" or len(names) != 1:
-            return table, names
-        values = table.column(names[0]).to_pylist()
-        if not D.is_class_column(values):
-            return table, names
-        classes, cols = D.class_columns(values)
+        if self.cfg.task != "multiclass" or len(names) != 1 or not D.is_class_column(columns[names[0]]):
+            return list(names), columns
+        classes, cols = D.class_columns(columns[names[0]])
         if self.dist.is_main:
             log.info("labels: column '%s' of %s holds %d classes: %s", names[0], source, len(classes),
                      ", ".join(classes[:20]))
-        data = {S.RECORD_ID: table.column(S.RECORD_ID)} if S.RECORD_ID in table.schema.names else {}
-        data.update({c: pa.array(v, pa.int8()) for c, v in cols.items()})
-        return pa.table(data), classes
+        return classes, cols
 
     def _split(self):
         cfg = self.cfg
