@@ -40,7 +40,9 @@ from _timing import matmul_peak, sync  # noqa: E402
 from ecgtool.io import TableMeta, TableWriter, open_table, records_batch
 from ecgtool.io.threads import default_threads
 from ecgtool.models.apply import embed_table
-from ecgtool.models.checkpoint import load_model, resolve_device, save_checkpoint
+from ecgtool.models.checkpoint import load_model
+from ecgtool.models.devices import resolve_device
+from ecgtool.models.native import save_checkpoint
 
 
 def model_flops(model, contract, dev) -> float:

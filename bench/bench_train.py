@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from ecgtool.models.checkpoint import resolve_device
+    from ecgtool.models.devices import resolve_device
     from ecgtool.train.data import SegmentSet
     from ecgtool.train.loop import LoopConfig
     from ecgtool.train.pretrain import PretrainConfig, Pretrainer

@@ -70,6 +70,7 @@ class PreprocessConfig:
     fs: float | None = None
     resample_method: str = "poly"
     bandpass: tuple[float, float] | None = None
+    bandpass_design: str = "butter"  # butter | butter-hp-lp | fir (see ecgtool.signal.filters)
     filter_order: int = 4
     notch: float | None = None
     notch_q: float = 30.0
@@ -107,6 +108,7 @@ class PreprocessConfig:
         one_of("--missing", self.missing, MISSING)
         one_of("--resample-method", self.resample_method, R.METHODS)
         one_of("--baseline", self.baseline, BASELINES)
+        one_of("--bandpass-design", self.bandpass_design, F.BANDPASS_DESIGNS)
         one_of("--normalise", self.normalisation, N.METHODS)
         one_of("--norm-scope", self.norm_scope, NORM_SCOPES)
         one_of("--crop", self.crop, G.CROP_MODES)
@@ -166,47 +168,11 @@ def rename_map(pairs: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-# Published pipelines (docs/preprocessing.md walks through them step by step).
-PRESETS: dict[str, dict[str, Any]] = {
-    "ecg-fm": dict(
-        leads=list(STANDARD_12),
-        missing="zero",
-        fs=500.0,
-        resample_method="linear",
-        normalisation="per-lead-zscore",
-        norm_scope="record",
-        segment_s=5.0,
-    ),
-    # The input of ecgtool's own default model (ecgtool-default): 100 Hz, 12
-    # leads (missing ones zero-filled), per-lead z-score over the record, 5 s
-    # windows; a record shorter than 5 s is zero-padded to one window.
-    "ecgtool-default": dict(
-        leads=list(STANDARD_12),
-        missing="zero",
-        fs=100.0,
-        resample_method="poly",
-        normalisation="per-lead-zscore",
-        norm_scope="record",
-        segment_s=5.0,
-        short="pad",
-    ),
-    "ecgfounder": dict(
-        leads=list(STANDARD_12),
-        missing="zero",
-        fs=500.0,
-        resample_method="linear",
-        notch=50.0,
-        notch_q=30.0,
-        bandpass=(0.67, 40.0),
-        filter_order=4,
-        baseline="median",
-        baseline_window_s=0.4,
-        length_s=10.0,
-        crop="start",
-        normalisation="record-zscore",
-        norm_scope="output",
-    ),
-}
+def presets() -> dict[str, dict[str, Any]]:
+    """The published pipelines, by name, as the model cards define them (docs/preprocessing.md)."""
+    from ecgtool.models.card import presets as card_presets
+
+    return card_presets()
 
 
 FILTER_SETS = ("none", "ecgfounder")
@@ -222,16 +188,17 @@ def make_config(preset: str | None = None, filter: str | None = None, **override
     """
     base: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise UsageError(f"unknown preset {preset!r}", f"choose one of {', '.join(PRESETS)}")
-        base.update(PRESETS[preset])
+        known = presets()
+        if preset not in known:
+            raise UsageError(f"unknown preset {preset!r}", f"choose one of {', '.join(known)}")
+        base.update(known[preset])
         base["preset"] = preset
     if filter is not None:
         if filter not in FILTER_SETS:
             raise UsageError(f"unknown --filter {filter!r}", f"choose one of {', '.join(FILTER_SETS)}")
         base.update(bandpass=None, notch=None, baseline="none")
         if filter == "ecgfounder":
-            eg = PRESETS["ecgfounder"]
+            eg = presets()["ecgfounder"]
             for k in ("notch", "notch_q", "bandpass", "filter_order", "baseline", "baseline_window_s"):
                 base[k] = eg[k]
     names = {f.name for f in fields(PreprocessConfig)}
@@ -310,7 +277,7 @@ class Preprocessor:
             if c.notch is not None:
                 steps.append(("sos", F.notch_sos(fs, c.notch, c.notch_q)))
             if c.bandpass is not None:
-                steps.append(("sos", F.bandpass_sos(fs, c.bandpass[0], c.bandpass[1], c.filter_order)))
+                steps += F.bandpass_steps(fs, c.bandpass[0], c.bandpass[1], c.filter_order, c.bandpass_design)
             if c.baseline == "highpass":
                 steps.append(("sos", F.highpass_sos(fs, c.highpass_hz, c.filter_order)))
             elif c.baseline == "median":
@@ -530,7 +497,7 @@ class Preprocessor:
         if steps:
             x = np.asarray(x, dtype=np.float64)
             for kind, arg in steps:
-                x = F.filtfilt(x, arg) if kind == "sos" else x - F.median_baseline(x, arg)
+                x = F.apply_step(x, kind, arg)
         if not mask.all():
             x = x * mask[:, None]
         if c.norm_scope == "record":

@@ -126,7 +126,7 @@ def test_ecgfounder_stage_features_and_bad_layer(ckpts, data_dir, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
     n = len(model.stage_list)
     res = run("embed", "-m", ckpts["founder"], seg, "--layer", str(n), "-o", tmp_path / "bad.parquet")
-    assert res.returncode == 2 and f"out of range for {n} stages" in res.stderr.decode()
+    assert res.returncode == 2 and f"out of range for {n} layers" in res.stderr.decode()
     assert not (tmp_path / "bad.parquet").exists()
 
 

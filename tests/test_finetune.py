@@ -60,7 +60,7 @@ def ptbxl(data_dir, tmp_path_factory):
         labels.append({"record_id": str(r.ecg_id), **{n: int(n in classes) for n in SUPER}})
     seg = _write(out / "seg.parquet", rows)
     lab = _write(out / "labels.parquet", labels, kind="labels", label_names=SUPER)
-    from ecgtool.models.checkpoint import save_checkpoint
+    from ecgtool.models.native import save_checkpoint
     from ecgtool.models.registry import create_model
 
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def test_patient_grouped_split_never_leaks(ptbxl):
 
 def test_lead_augmentation_rotates_lead_I_towards_aVF(ptbxl, tmp_path):
     """A Lead-I model trained from 12-lead rows sees I cos t + aVF sin t."""
-    from ecgtool.models.checkpoint import save_checkpoint
+    from ecgtool.models.native import save_checkpoint
     from ecgtool.models.contract import InputContract
     from ecgtool.models.registry import create_model
     from ecgtool.train.finetune import FinetuneConfig, Finetuner
@@ -295,7 +295,9 @@ def test_net1d_frozen_features_from_native_checkpoint(cli, ptbxl, tmp_path):
     """The ECGFounder family finetunes too: new dense head, stem and first stage frozen."""
     from safetensors.torch import load_file
 
-    from ecgtool.models.checkpoint import load_model, save_checkpoint
+    from ecgtool.models.checkpoint import load_model
+
+    from ecgtool.models.native import save_checkpoint
     from ecgtool.models.contract import InputContract
     from ecgtool.models.registry import create_model
     from ecgtool.signal.leads import STANDARD_12

@@ -12,8 +12,7 @@ import torch
 
 from ecgtool.errors import CheckpointError
 from ecgtool.models.checkpoint import load_model
-from ecgtool.models.import_ecgfounder import BN_KEY, import_ecgfounder
-from ecgtool.models.net1d import Net1D, bn_parameter_count, ecgfounder_labels
+from ecgtool.models.net1d import BN_KEY, Net1D, bn_parameter_count, ecgfounder_labels, import_ecgfounder
 from ecgtool.models.registry import create_model
 
 TOL = 1e-5
@@ -29,12 +28,14 @@ def _max_err(a: torch.Tensor, b: np.ndarray) -> float:
     return float(np.abs(a.detach().numpy().astype(np.float64) - b.astype(np.float64)).max())
 
 
-@pytest.mark.parametrize("pth,npz", [("12_lead_reduced.pth", "io.npz"), ("1_lead_reduced.pth", "io_1lead.npz")])
+@pytest.mark.parametrize("pth,npz", [("12_lead_reduced.pth", "io.npz"), ("1_lead_reduced.pth", "io_1lead.npz"),
+                                     ("12_lead_reduced_numpy1.pth", "io.npz"),
+                                     ("1_lead_reduced_numpy1.pth", "io_1lead.npz")])
 def test_fixture_outputs_reproduce(fx, pth, npz):
-    model, report = import_ecgfounder(fx / pth)
+    model, lines = import_ecgfounder(fx / pth)
     ref = np.load(fx / npz)
     x = torch.from_numpy(ref["x"])
-    assert report.live_keys == 74 and report.bn_keys_ignored == 110
+    assert any("74 tensors loaded" in ln and "110 unused BatchNorm entries ignored" in ln for ln in lines)
     assert model.config["filter_list"] == [16, 32, 32, 48] and model.config["m_blocks_list"] == [2, 2, 1, 2]
     assert model.config["groups_width"] == 8 and model.config["n_classes"] == 7
     assert model.config["in_channels"] == x.shape[1]
@@ -98,7 +99,7 @@ def test_full_size_keys_parameters_and_shapes(fx):
     n12 = sum(p.numel() for p in m12.parameters())
     bn_params = sum(int(np.prod(s)) for k, s in keys.items() if k in bn and k.endswith((".weight", ".bias")))
     assert bn_parameter_count(m12.config) == bn_params
-    assert n12 + bn_params == file_params == m12.released_file_parameters
+    assert n12 + bn_params == file_params == m12.card.released_file_parameters
     line1 = next(h for h in header if h.startswith("# 1-lead full-size"))
     n1_file = int(re.search(r"; ([\d,]+) parameters", line1).group(1).replace(",", ""))
     assert sum(p.numel() for p in m1.parameters()) + bn_params == n1_file

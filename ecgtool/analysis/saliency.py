@@ -28,7 +28,7 @@ import torch
 from ecgtool.errors import RecordErrors, UsageError
 from ecgtool.io import schema as S
 from ecgtool.io.stream import TableReader, TableWriter
-from ecgtool.models.inference import Adapter, RecordGrouper, Runner
+from ecgtool.models.inference import Adapter, RecordGrouper, Runner, probabilities, run_windows
 
 log = logging.getLogger("ecgtool")
 
@@ -83,7 +83,9 @@ def smooth(x: np.ndarray, width: int) -> np.ndarray:
 def choose_method(model, method: str) -> str:
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
-    has_attention = hasattr(model, "attention")
+    from ecgtool.models.base import ATTENTION
+
+    has_attention = model.has(ATTENTION)
     if method == "auto":
         return "attention" if has_attention else "gradient"
     if method == "attention" and not has_attention:
@@ -115,7 +117,7 @@ def saliency_table(
 
     errors = errors or RecordErrors()
     method = choose_method(model, method)
-    has_head = getattr(model, "label_names", None) is not None or getattr(model, "n_classes", None)
+    has_head = model.get_classifier() is not None
     names = None
     if has_head:
         names, _, temperature, task, _ = label_settings(model)
@@ -151,8 +153,9 @@ def saliency_table(
         png.mkdir(parents=True, exist_ok=True)
 
     def probs_of(x):
-        z = model.logits(x) / temperature
-        return torch.softmax(z, -1) if task == "multiclass" else torch.sigmoid(z)
+        if names is None:
+            return torch.zeros(x.shape[0], 1, device=x.device)
+        return probabilities(model.logits(x), temperature, task)
 
     probs_of.names = ["p"]
 
@@ -184,19 +187,11 @@ def saliency_table(
 
     units = "mV"
     try:
-        for ad in adapter(batches if batches is not None else reader):
-            keep = np.flatnonzero(ad.valid)
-            if len(keep) < ad.batch.num_rows:
-                ad.batch, ad.x = ad.batch.take(pa.array(keep)), ad.x[keep]
-                if ad.display is not None:
-                    ad.display = ad.display[keep]
-            if not len(keep):
-                continue
-            n, w, L, t = ad.x.shape
-            flat = ad.x.reshape(n * w, L, t)
+        for wb in run_windows(adapter, runner, probs_of, batches if batches is not None else reader, prefetch=0):
+            n, w, L, t = wb.x.shape
+            flat = wb.x.reshape(n * w, L, t)
+            p = wb.out["p"]
             if names is not None:
-                (p,) = runner(probs_of, flat)
-                p = p.reshape(n, w, -1)
                 if label is not None:
                     k = np.full(n, names.index(label))
                 else:
@@ -218,10 +213,10 @@ def saliency_table(
                     a = integrated_gradients(model, xb, tb, steps).abs().detach().cpu().numpy()
                     sal[start:start + len(xb)] = smooth(a, width)
             sal = sal.reshape(n, w, L, t).transpose(0, 2, 1, 3).reshape(n, L, w * t)
-            shown = ad.display if ad.display is not None else ad.x
-            units = "mV" if ad.display is not None else c.normalisation
+            shown = wb.display if wb.display is not None else wb.x
+            units = "mV" if wb.display is not None else c.normalisation
             xs = shown.transpose(0, 2, 1, 3).reshape(n, L, w * t)
-            emit(grouper.push(ad.batch, {"x": xs, "s": sal, "k": k, "p": pk.mean(axis=1)}), units)
+            emit(grouper.push(wb.batch, {"x": xs, "s": sal, "k": k, "p": pk.mean(axis=1)}), units)
         emit(grouper.flush(), units)
         writer.close()
     except BaseException:

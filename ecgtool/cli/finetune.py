@@ -58,7 +58,11 @@ def finetune(
                                                     "among those with a signal) in this fraction of training "
                                                     "samples.")] = 0.0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    lr: Annotated[float, typer.Option("--lr")] = 5e-5,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the head (and of the encoder unless "
+                                      "--lr-scales says otherwise).")] = 5e-5,
+    lr_scales: Annotated[str, typer.Option("--lr-scales", metavar="UPPER,LOWER", help="Layer-wise learning rates: "
+                                           "the upper and the lower half of the encoder train at --lr times these "
+                                           "(e.g. 0.1,0.01).")] = "1,1",
     betas: Annotated[str, typer.Option("--betas")] = "0.9,0.98",
     eps: Annotated[float, typer.Option("--eps")] = 1e-8,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
@@ -98,6 +102,7 @@ def finetune(
       ecgtool finetune seg.parquet -m ecgfm-small --from-scratch -l labels.parquet -o scratch.safetensors
       ecgtool finetune seg10.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
       ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass -o af.safetensors
+      ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet --lr 1e-3 --lr-scales 0.1,0.01 -o lw.safetensors
     """
     from ecgtool.cli.common import run_steps
     from ecgtool.cli.pretrain import _status, parse_floats
@@ -109,7 +114,8 @@ def finetune(
     except ValueError:
         raise UsageError(f"--lead-augment-angles {lead_augment_angles!r}: expected numbers") from None
     cfg = FinetuneConfig(task=task, mode=mode, labels=_list(labels) or None, pos_weight=not no_pos_weight,
-                         pu_prior_scale=pu_prior_scale, lr=lr, betas=parse_floats(betas, 2, "--betas"), eps=eps,
+                         pu_prior_scale=pu_prior_scale, lr=lr,
+                         lr_scales=parse_floats(lr_scales, 2, "--lr-scales"), betas=parse_floats(betas, 2, "--betas"), eps=eps,
                          weight_decay=weight_decay, batch_size=batch_size, fold_column=fold_column,
                          val_folds=_list(val_folds), test_folds=_list(test_folds), group_column=group_column,
                          val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,

@@ -12,7 +12,8 @@ log = logging.getLogger("ecgtool")
 
 def open_model(spec: str | None, device: str, allow_random: bool = False):
     """(model, torch device) for ``-m``; without ``-m`` the bundled default model."""
-    from ecgtool.models.checkpoint import load_model, resolve_device
+    from ecgtool.models.checkpoint import load_model
+    from ecgtool.models.devices import resolve_device
 
     if spec is None:
         from ecgtool.models.default import default_model_path

@@ -15,10 +15,14 @@ from ecgtool.cli.options import BatchSize, Input, OnError, Output, OutputFormat
 log = logging.getLogger("ecgtool")
 
 
-class Preset(str, Enum):
-    ecg_fm = "ecg-fm"
-    ecgfounder = "ecgfounder"
-    ecgtool_default = "ecgtool-default"
+def _preset_enum() -> type[Enum]:
+    """The --preset choices: every preset a model card defines."""
+    from ecgtool.models.card import presets
+
+    return Enum("Preset", {name: name for name in presets()}, type=str)
+
+
+Preset = _preset_enum()
 
 
 def _opt(*names: str, help: str, **kw):
@@ -42,22 +46,23 @@ def preprocess(
     src: Input = "-",
     output: Output = "-",
     output_format: OutputFormat = None,
-    preset: Annotated[Optional[Preset], _opt("--preset", help="A published pipeline (other options override its values).")] = None,
+    preset: Annotated[Optional[Preset], _opt("--preset", help="A published pipeline, from the model cards ('ecgtool models info NAME' shows which model takes which); other options override its values.")] = None,
     rename: Annotated[Optional[list[str]], _opt("--rename", help="Rename a lead before selection, OLD=NEW (repeatable), e.g. ECG=I for CinC 2017's AliveCor lead I.")] = None,
     leads: Annotated[Optional[str], _opt("--leads", help="Output leads in order: '12', 'I,II,V1', 'limb', ... (default: the first record's).")] = None,
     derive: Annotated[Optional[bool], typer.Option("--derive/--no-derive", help="Derive III, aVR, aVL, aVF from I and II when absent (default on).")] = None,
     missing: Annotated[Optional[str], _opt("--missing", help="Leads a record lacks: zero (zero-fill, lead_mask False) or drop (drop the record).")] = None,
     fs: Annotated[Optional[float], _opt("--fs", help="Output sampling rate in Hz (records at this rate are untouched).")] = None,
-    resample_method: Annotated[Optional[str], _opt("--resample-method", help="linear (ECG-FM's interpolation) or poly (scipy resample_poly, anti-aliased).")] = None,
+    resample_method: Annotated[Optional[str], _opt("--resample-method", help="linear (ECG-FM's interpolation), poly (scipy resample_poly, anti-aliased) or fft (scipy resample, Fourier).")] = None,
     filter_set: Annotated[Optional[str], _opt("--filter", help="none: no band-pass, notch or baseline removal; ecgfounder: ECGFounder's filters. Options below override.")] = None,
     bandpass: Annotated[Optional[str], _opt("--bandpass", help="LOW,HIGH band-pass in Hz (Butterworth, zero-phase), or none.")] = None,
+    bandpass_design: Annotated[Optional[str], _opt("--bandpass-design", help="butter (one Butterworth band-pass), butter-hp-lp (Butterworth high-pass then low-pass) or fir (FIR, int(0.3 fs) taps, filtfilt).")] = None,
     filter_order: Annotated[Optional[int], _opt("--filter-order", help="Butterworth order of the band-pass / high-pass.", min=1)] = None,
     notch: Annotated[Optional[str], _opt("--notch", help="Mains notch: 50, 60 or none.")] = None,
     notch_q: Annotated[Optional[float], _opt("--notch-q", help="Quality factor of the notch.")] = None,
     baseline: Annotated[Optional[str], _opt("--baseline", help="Baseline-wander removal: median (running median), highpass or none.")] = None,
     baseline_window: Annotated[Optional[float], _opt("--baseline-window", help="Median window in seconds (0.4 = ECGFounder's).")] = None,
     highpass_hz: Annotated[Optional[float], _opt("--highpass-hz", help="Cut-off of --baseline highpass, Hz.")] = None,
-    normalise: Annotated[Optional[str], _opt("--normalise", "--normalize", help="per-lead-zscore, record-zscore or none.")] = None,
+    normalise: Annotated[Optional[str], _opt("--normalise", "--normalize", help="per-lead-zscore, record-zscore, record-minmax ([0, 1] over the record), lead-minmax ([-1, 1] per lead) or none.")] = None,
     norm_scope: Annotated[Optional[str], _opt("--norm-scope", help="record: statistics over the whole record before cropping/windowing; output: over each output row.")] = None,
     length: Annotated[Optional[float], _opt("--length", help="Crop / zero-pad every record to this many seconds.")] = None,
     crop: Annotated[Optional[str], _opt("--crop", help="Which part --length keeps: start or center.")] = None,
@@ -120,6 +125,7 @@ def preprocess(
         fs=fs,
         resample_method=resample_method,
         bandpass=bp,
+        bandpass_design=bandpass_design,
         filter_order=filter_order,
         notch=nf,
         notch_q=notch_q,

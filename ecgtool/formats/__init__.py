@@ -132,8 +132,6 @@ def reader_for(path: str | os.PathLike) -> Callable[..., list[RawRecord]]:
             from ecgtool.formats.philips import read_philips
 
             return read_philips
-        from ecgtool.formats.hl7aecg import read_xml
-
         return read_xml
     if p.suffix in ANNOTATION_EXTENSIONS or ext in ANNOTATION_EXTENSIONS:
         raise RecordError(str(path), "an annotation file, not a record", "give the record's .hea file or its folder")
@@ -141,6 +139,25 @@ def reader_for(path: str | os.PathLike) -> Callable[..., list[RawRecord]]:
         raise RecordError(str(path), "a WFDB signal file without its header", "give the record's .hea file")
     raise RecordError(str(path), f"unknown file type {p.suffix or '(no extension)'}",
                       "convert reads WFDB .hea, HL7 aECG and Philips .xml, DICOM .dcm, .csv and .npy")
+
+
+def read_xml(path: str, **options) -> list[RawRecord]:
+    """An XML file whose root element was not found in its first bytes: parse it, then dispatch on the root."""
+    from ecgtool.formats.xmltree import _local, _parse
+
+    p = Path(path)
+    root = _parse(p, p.stem)
+    tag = _local(root.tag)
+    if tag == "restingecgdata":
+        from ecgtool.formats.philips import read_philips
+
+        return read_philips(path, **options)
+    if tag == "AnnotatedECG":
+        from ecgtool.formats.hl7aecg import read_aecg
+
+        return read_aecg(path, root=root, **options)
+    raise RecordError(p.stem, f"XML root <{tag}> is neither HL7 aECG (<AnnotatedECG>) nor Philips Sierra "
+                      "(<restingecgdata>)")
 
 
 def read_file(path: str | os.PathLike, **options) -> list[RawRecord]:

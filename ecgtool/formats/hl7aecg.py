@@ -23,56 +23,20 @@ import numpy as np
 
 from ecgtool.errors import RecordError
 from ecgtool.formats import RawRecord
+from ecgtool.formats.xmltree import _child, _children, _local, _parse
 
 _UNIT = {"uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6}
 _TIME_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _children(el, name):
-    return [c for c in el if _local(c.tag) == name]
-
-
-def _child(el, name):
-    """First child with local tag ``name`` (None when there is none, or ``el`` is None)."""
-    if el is None:
-        return None
-    for c in el:
-        if _local(c.tag) == name:
-            return c
-    return None
-
-
-def _parse(path: Path, name: str):
-    import defusedxml.ElementTree as DET
-    from defusedxml import DefusedXmlException
-    from xml.etree.ElementTree import ParseError
-
-    try:
-        return DET.parse(str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True).getroot()
-    except DefusedXmlException as exc:
-        raise RecordError(name, f"refused unsafe XML ({type(exc).__name__}: entity declarations and external "
-                          "references are not expanded or fetched)") from None
-    except ParseError as exc:
-        raise RecordError(name, f"not well-formed XML ({exc})") from None
-    except OSError as exc:
-        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
-
-
-def read_xml(path: str, **_options) -> list[RawRecord]:
+def read_aecg(path: str, root=None, **_options) -> list[RawRecord]:
+    """One HL7 aECG file (``root``: its parsed root element, when the caller has it)."""
     p = Path(path)
     name = p.stem
-    root = _parse(p, name)
+    root = _parse(p, name) if root is None else root
     tag = _local(root.tag)
-    if tag == "restingecgdata":
-        from ecgtool.formats.philips import read_philips
-
-        return read_philips(path, **_options)
     if tag != "AnnotatedECG":
-        raise RecordError(name, f"XML root <{tag}> is neither HL7 aECG (<AnnotatedECG>) nor a known ECG format")
+        raise RecordError(name, f"XML root <{tag}> is not HL7 aECG (<AnnotatedECG>)")
     return [_read_aecg(root, p, name)]
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ecgtool.errors import RecordError
 from ecgtool.formats import RawRecord
-from ecgtool.formats.hl7aecg import _child, _local, _parse
+from ecgtool.formats.xmltree import _child, _local, _parse
 
 VERSIONS = ("1.03", "1.04", "1.04.01", "1.04.02")
 DOCUMENT_TYPES = ("SierraECG", "PhilipsECG")

@@ -46,6 +46,23 @@ KINDS = ("records", "segments", "embeddings", "predictions", "labels", "saliency
 
 
 @dataclass
+class Preprocessing:
+    """How a table was preprocessed (``ecgtool preprocess`` writes it; :attr:`TableMeta.preprocessing`)."""
+
+    normalisation: str = "none"
+    fs: float | None = None
+    leads: tuple[str, ...] | None = None
+    n_samples: int | None = None
+    preset: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def physical_units(self) -> bool:
+        """True when samples are still in physical units (mV), so leads may be derived from others."""
+        return self.normalisation == "none"
+
+
+@dataclass
 class TableMeta:
     """What a table is and where it came from (stored in the schema metadata)."""
 
@@ -92,6 +109,18 @@ class TableMeta:
         elif SEGMENT in names:
             kind = "segments"
         return cls(kind=kind)
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """The typed record of ``ecgtool preprocess`` (None: the table holds records as converted)."""
+        pre = self.info.get("preprocess")
+        if not isinstance(pre, dict):
+            return None
+        leads = self.info.get("leads")
+        n = self.info.get("n_samples")
+        return Preprocessing(normalisation=str(self.info.get("normalisation", pre.get("normalisation", "none"))),
+                             fs=self.info.get("fs", pre.get("fs")), leads=tuple(leads) if leads else None,
+                             n_samples=int(n) if n else None, preset=pre.get("preset"), settings=dict(pre))
 
     def derive(self, kind: str | None = None, **info: Any) -> "TableMeta":
         """A copy for a command's output: same history, new kind/info fields."""

@@ -26,6 +26,8 @@ from ecgtool.models.inference import (
     RecordGrouper,
     Runner,
     frames_column,
+    probabilities,
+    run_windows,
     passthrough,
     pool_windows,
     vector_column,
@@ -115,28 +117,16 @@ class _Output:
 
 def _run(reader: TableReader, model, adapter: Adapter, runner: Runner, out: _Output, fn, finish,
          batches: Iterable[pa.RecordBatch] | None, stats: RunStats, prefetch: int = 2) -> RunStats:
-    """Adapt, run and write; with ``prefetch`` > 0, reading and adapting run ahead in a thread."""
-
-    def items():
-        for ad in adapter(batches if batches is not None else reader):
-            stats.rows_in += ad.batch.num_rows
-            if not ad.valid.all():
-                keep = np.flatnonzero(ad.valid)
-                if not len(keep):
-                    continue
-                ad.batch, ad.x = ad.batch.take(A.indices(keep)), ad.x[keep]
-            n, w = ad.x.shape[:2]
-            stats.windows += n * w
-            yield (ad.batch, n, w), ad.x.reshape((n * w,) + ad.x.shape[2:])
-
+    """Run the shared inference path and write one output table."""
+    counts: dict = {}
     try:
-        for (rows, n, w), res in runner.stream(fn, items(), prefetch=prefetch):
-            per_window = {k: v.reshape((n, w) + v.shape[1:]) for k, v in zip(fn.names, res)}
-            out.add(rows, per_window, finish)
+        for wb in run_windows(adapter, runner, fn, batches if batches is not None else reader, prefetch, counts):
+            out.add(wb.batch, wb.out, finish)
         out.close(finish)
     except BaseException:
         out.abort()
         raise
+    stats.rows_in, stats.windows = counts.get("rows_in", 0), counts.get("windows", 0)
     stats.rows_out = out.rows
     stats.notes = sorted(adapter.notes)
     return stats
@@ -173,9 +163,10 @@ def embed_table(
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):
+        if not local and layer is None:
+            return model.embed(x)  # pooled as the original pools
         feats = model.features(x, layer=layer)
-        emb = model.pool(feats)
-        return (emb, feats) if local else emb
+        return (model.pool(feats), feats) if local else model.pool(feats)
 
     fn.names = ["embedding", "local"] if local else ["embedding"]
     dim = _embedding_dim(model, layer)
@@ -216,7 +207,7 @@ def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float
     """(label names, thresholds, temperature, task, per-label aggregation) from a checkpoint's extras."""
     extra = getattr(model, "extra", None) or {}
     names = list(model.label_names) if model.label_names is not None else None
-    n_head = getattr(model, "n_classes", None)
+    n_head = model.n_classes
     if names is None and n_head:
         names = [f"label_{k}" for k in range(n_head)]
         log.warning("the checkpoint carries no label names; calling its %d outputs label_0..label_%d "
@@ -257,8 +248,7 @@ def predict_table(
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):
-        z = model.logits(x) / temperature
-        return torch.softmax(z, dim=-1) if task == "multiclass" else torch.sigmoid(z)
+        return probabilities(model.logits(x), temperature, task)
 
     fn.names = ["probs"]
     how = np.array([per_label.get(n, aggregate) for n in names])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NORMALISATIONS = ("per-lead-zscore", "record-zscore", "none")
 
 
 @dataclass(frozen=True)
@@ -21,6 +20,7 @@ class InputContract:
     n_samples: int
     normalisation: str = "per-lead-zscore"
     preset: str | None = None  # the preprocess preset that produces this input
+    filters: str = "none"      # the filters the original applies (text, e.g. "band-pass 0.67-40 Hz")
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -37,8 +37,15 @@ class InputContract:
         d = dict(d)
         d["leads"] = tuple(d["leads"])
         d.setdefault("extra", {})
+        known = {"fs", "leads", "n_samples", "normalisation", "preset", "filters", "extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown contract fields {', '.join(unknown)}")
+        d["fs"] = float(d["fs"])
+        d["n_samples"] = int(d["n_samples"])
         return cls(**d)
 
     def describe(self) -> str:
         return (f"{self.fs:g} Hz, {len(self.leads)} lead{'s' if len(self.leads) != 1 else ''} "
-                f"({','.join(self.leads)}), {self.n_samples} samples ({self.seconds:g} s), {self.normalisation}")
+                f"({','.join(self.leads)}), {self.n_samples} samples ({self.seconds:g} s), {self.normalisation}"
+                + (f", {self.filters}" if self.filters and self.filters != "none" else ""))

@@ -1,7 +1,7 @@
 """ECG-FM: the wav2vec 2.0 style ECG transformer (fairseq-signals layout).
 
 The module tree mirrors the released checkpoints' key names so that the
-importer (:mod:`ecgtool.models.import_fairseq`) maps them one to one::
+importer at the end of this module maps them one to one::
 
     feature_extractor.conv_layers.{i}.0      Conv1d (k, s), no bias by default
     feature_extractor.conv_layers.0.2        GroupNorm(C, C) on the first block only
@@ -40,14 +40,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ecgtool.errors import CheckpointError
+from ecgtool.models.base import ATTENTION, WAV2VEC2_PRETRAINING, EcgModel
+from ecgtool.models.card import card
 from ecgtool.models.contract import InputContract
-from ecgtool.models.registry import register_model
-from ecgtool.signal.leads import STANDARD_12
+from ecgtool.models.registry import register_family, register_importer, register_model
+from ecgtool.models.serial import provenance, safe_load
 
 FAMILY = "ecgfm"
 
-CONTRACT = InputContract(fs=500.0, leads=STANDARD_12, n_samples=2500,
-                         normalisation="per-lead-zscore", preset="ecg-fm")
+CONTRACT = card("ecgfm-base").contract
 
 # The released base configuration (fairseq-signals w2v_cmsc_rlm pretraining).
 BASE_CONFIG: dict[str, Any] = {
@@ -84,16 +86,9 @@ BASE_CONFIG: dict[str, Any] = {
 
 _ALLOWED_KEYS = set(BASE_CONFIG)
 
-# Output order of the released MIMIC-IV-ECG finetuned classifier (17 labels,
-# ECG-FM data/mimic_iv_ecg/labels/label_def.csv). fairseq-signals checkpoints do
-# not carry label names: pass these to the importer for that file.
-MIMIC_IV_ECG_LABELS = (
-    "Poor data quality", "Sinus rhythm", "Premature ventricular contraction", "Tachycardia",
-    "Ventricular tachycardia", "Supraventricular tachycardia with aberrancy", "Atrial fibrillation",
-    "Atrial flutter", "Bradycardia", "Accessory pathway conduction", "Atrioventricular block",
-    "1st degree atrioventricular block", "Bifascicular block", "Right bundle branch block",
-    "Left bundle branch block", "Infarction", "Electronic pacemaker",
-)
+# Dropouts of fairseq-signals' finetuning configs (diagnosis.yaml), used for a new classifier.
+FINETUNE_DROPOUTS = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.1, "final_dropout": 0.0,
+                     "dropout_input": 0.0, "dropout_features": 0.0, "encoder_layerdrop": 0.0}
 
 
 # ----------------------------------------------------------------------------
@@ -426,20 +421,20 @@ class GumbelQuantizer(nn.Module):
 # the model
 
 
-class EcgFm(nn.Module):
-    """ECG-FM transformer (see the module docstring for the layout).
+@register_family
+class EcgFm(EcgModel):
+    """ECG-FM transformer (see the module docstring for the layout) behind the model interface.
 
-    Model interface (shared with Net1D): ``family``, ``config``, ``contract``,
-    ``label_names``; ``features``, ``pool``, ``embed``, ``logits``, ``forward``,
-    ``attention``. Pretraining pieces: :meth:`extract`, :meth:`apply_mask`,
+    Pretraining pieces (capability ``wav2vec2``): :meth:`extract`, :meth:`apply_mask`,
     :meth:`encode`, :meth:`quantize`, :meth:`forward_pretrain`, :meth:`set_num_updates`.
     """
 
     family = FAMILY
+    head_name = "proj"
+    capabilities = frozenset({ATTENTION, WAV2VEC2_PRETRAINING})
 
     def __init__(self, config: dict[str, Any] | None = None, contract: InputContract | None = None,
                  label_names: Sequence[str] | None = None):
-        super().__init__()
         cfg = normalise_config(config)
         if label_names is not None:
             label_names = [str(n) for n in label_names]
@@ -447,12 +442,10 @@ class EcgFm(nn.Module):
                 cfg["num_labels"] = len(label_names)
             elif len(label_names) != cfg["num_labels"]:
                 raise ValueError(f"{len(label_names)} label names for {cfg['num_labels']} outputs")
-        self.config = cfg
-        self.label_names = label_names
-        self.extra: dict[str, Any] = {}  # provenance, thresholds, ... (kept by native checkpoints)
-        self.contract = contract or (CONTRACT if cfg["in_d"] == 12 else InputContract(
+        contract = contract or (CONTRACT if cfg["in_d"] == 12 else InputContract(
             fs=500.0, leads=tuple(f"ch{i}" for i in range(cfg["in_d"])), n_samples=2500,
             normalisation="per-lead-zscore", preset=None))
+        super().__init__(cfg, contract, label_names)
         if len(self.contract.leads) != cfg["in_d"]:
             raise ValueError(f"contract has {len(self.contract.leads)} leads but the model takes {cfg['in_d']}")
 
@@ -478,13 +471,8 @@ class EcgFm(nn.Module):
             self.mask_emb = None
             self.quantizer = self.project_q = self.final_proj = None
 
-        if cfg["num_labels"] is not None:
-            self.final_dropout = nn.Dropout(cfg["final_dropout"])
-            self.proj = nn.Linear(d, cfg["num_labels"])
-            nn.init.xavier_uniform_(self.proj.weight)
-            nn.init.constant_(self.proj.bias, 0.0)
-        else:
-            self.proj = None
+        self.final_dropout = nn.Dropout(cfg["final_dropout"])
+        self.proj = self.make_classifier(cfg["num_labels"]) if cfg["num_labels"] is not None else None
 
     def _init_encoder(self) -> None:
         for layer in self.encoder.layers:
@@ -492,11 +480,38 @@ class EcgFm(nn.Module):
                 nn.init.normal_(lin.weight, mean=0.0, std=0.02)
                 nn.init.zeros_(lin.bias)
 
-    # -- bookkeeping --------------------------------------------------------
+    # -- the model interface -------------------------------------------------
 
-    @property
-    def n_classes(self) -> int | None:
-        return self.config["num_labels"]
+    def layer_modules(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
+
+    def input_modules(self) -> list[nn.Module]:
+        return [self.feature_extractor]
+
+    def classifier_config(self, n_labels: int | None) -> dict[str, Any]:
+        return {**self.config, "num_labels": n_labels}
+
+    def finetune_config(self, n_labels: int) -> dict[str, Any]:
+        """A classifier without the pretraining heads, with fairseq-signals' finetuning dropouts."""
+        return {**self.config, "num_labels": n_labels, "pretraining": False, **FINETUNE_DROPOUTS}
+
+    def make_classifier(self, n_labels: int) -> nn.Module:
+        proj = nn.Linear(int(self.config["encoder_embed_dim"]), n_labels)
+        nn.init.xavier_uniform_(proj.weight)
+        nn.init.constant_(proj.bias, 0.0)
+        return proj
+
+    def head_input(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.final_dropout(self.embed(x, padding_mask))
+
+    def on_freeze(self, mode: str) -> None:
+        # frozen features: the conv extractor runs under no_grad, as fairseq-signals' feature_grad_mult 0
+        if mode == "frozen-features":
+            self.config["feature_grad_mult"] = 0.0
+        elif mode == "full":
+            self.config["feature_grad_mult"] = 1.0
+
+    # -- bookkeeping --------------------------------------------------------
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -615,26 +630,18 @@ class EcgFm(nn.Module):
                 result[k] = q[k]
         return result
 
-    # -- the shared model interface -------------------------------------------
-
-    def _layer_index(self, layer: int | None) -> int | None:
-        if layer is None:
-            return None
-        n = len(self.encoder.layers)
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} out of range for {n} transformer layers")
-        return layer % n
+    # -- features ------------------------------------------------------------
 
     def feature_dim(self, layer: int | None = None) -> int:
         """Width D of :meth:`features` (every transformer layer has the same); checks ``layer``."""
-        self._layer_index(layer)
+        self.layer_index(layer)
         return int(self.config["encoder_embed_dim"])
 
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                  layer: int | None = None) -> torch.Tensor:
         """Per-frame features (B, T', D) of the final layer, or of transformer layer ``layer`` (0-based)."""
         e = self.extract(x, padding_mask)
-        out, _ = self.encode(e["x"], e["padding_mask"], last_layer=self._layer_index(layer))
+        out, _ = self.encode(e["x"], e["padding_mask"], last_layer=self.layer_index(layer))
         return out
 
     def pool(self, feats: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -644,33 +651,12 @@ class EcgFm(nn.Module):
             feats = feats.masked_fill(pm[..., None], 0.0)
         return feats.sum(1) / (feats != 0).sum(1).clamp(min=1).to(feats.dtype)
 
-    def embed(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Global embedding (B, D): masked mean of the final-layer features."""
-        return self.pool(self.features(x, padding_mask), padding_mask)
-
-    def logits(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Classifier logits (B, K)."""
-        if self.proj is None:
-            raise RuntimeError("this ECG-FM model has no classifier head (build it with num_labels=K)")
-        return self.proj(self.final_dropout(self.embed(x, padding_mask)))
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(x, padding_mask) if self.proj is not None else self.embed(x, padding_mask)
-
     def attention(self, x: torch.Tensor, layer: int = -1, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Head-averaged attention weights (B, T', T') of transformer layer ``layer`` (saliency)."""
-        i = self._layer_index(layer)
+        i = self.layer_index(layer)
         e = self.extract(x, padding_mask)
         _, attn = self.encode(e["x"], e["padding_mask"], last_layer=i, attn_layer=i)
         return attn
-
-
-def model_from_config(config: dict[str, Any], contract: InputContract | dict | None = None,
-                      label_names: Sequence[str] | None = None) -> EcgFm:
-    """Rebuild a model from its ``config`` (and contract / label names), e.g. from a native checkpoint."""
-    if isinstance(contract, dict):
-        contract = InputContract.from_dict(contract)
-    return EcgFm(config, contract=contract, label_names=label_names)
 
 
 # ----------------------------------------------------------------------------
@@ -694,27 +680,25 @@ def _variant(base: dict[str, Any], overrides: dict[str, Any]) -> EcgFm:
     return EcgFm(cfg, contract=contract, label_names=labels)
 
 
-@register_model("ecgfm-base", FAMILY, CONTRACT,
-                "ECG-FM base: 12 layers, 768 dim (released configuration, 90.9M params with pretraining heads)")
+@register_model("ecgfm-base")
 def ecgfm_base(**overrides) -> EcgFm:
     return _variant({}, overrides)
 
 
-@register_model("ecgfm-large", FAMILY, CONTRACT,
-                "ECG-FM large (preprint checkpoint): 24 layers, 1024 dim, 16 heads, 311.9M params with heads")
+@register_model("ecgfm-large")
 def ecgfm_large(**overrides) -> EcgFm:
     return _variant({"encoder_layers": 24, "encoder_embed_dim": 1024, "encoder_ffn_embed_dim": 4096,
                      "encoder_attention_heads": 16}, overrides)
 
 
-@register_model("ecgfm-small", FAMILY, CONTRACT, "ECG-FM small for CPU: 4 layers, 256 dim, 4 heads")
+@register_model("ecgfm-small")
 def ecgfm_small(**overrides) -> EcgFm:
     return _variant({"conv_feature_layers": "[(128, 2, 2)] * 4", "encoder_layers": 4, "encoder_embed_dim": 256,
                      "encoder_ffn_embed_dim": 1024, "encoder_attention_heads": 4, "conv_pos": 64,
                      "conv_pos_groups": 16, "latent_vars": 64, "final_dim": 128}, overrides)
 
 
-@register_model("ecgfm-tiny", FAMILY, CONTRACT, "ECG-FM tiny for tests: 2 layers, 64 dim, 4 heads")
+@register_model("ecgfm-tiny")
 def ecgfm_tiny(**overrides) -> EcgFm:
     return _variant({"conv_feature_layers": "[(32, 2, 2)] * 4", "encoder_layers": 2, "encoder_embed_dim": 64,
                      "encoder_ffn_embed_dim": 128, "encoder_attention_heads": 4, "conv_pos": 16,
@@ -726,15 +710,262 @@ def ecgfm_tiny(**overrides) -> EcgFm:
 # the shipped weights stay small. The conv stack suits 100 Hz: a stride-1 block
 # over 50 ms, then two stride-2 blocks -> 123 frames per 500 samples (25 Hz,
 # close to ECG-FM's 31 Hz at 500 Hz), so mask spans of 10 frames cover 0.4 s.
-DEFAULT_CONTRACT = InputContract(fs=100.0, leads=STANDARD_12, n_samples=500,
-                                 normalisation="per-lead-zscore", preset="ecgtool-default")
+DEFAULT_CONTRACT = card("ecgtool-default").contract
 
 
-@register_model("ecgtool-default", FAMILY, DEFAULT_CONTRACT,
-                "ecgtool's default model architecture: 100 Hz, 5 s, 12 leads (any subset zero-filled); "
-                "4 layers, 256 dim, 4 heads")
+@register_model("ecgtool-default")
 def ecgtool_default(**overrides) -> EcgFm:
     overrides.setdefault("contract", DEFAULT_CONTRACT)
     return _variant({"conv_feature_layers": "[(128, 5, 1), (256, 3, 2), (256, 3, 2)]", "encoder_layers": 4,
                      "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024, "encoder_attention_heads": 4,
                      "conv_pos": 64, "conv_pos_groups": 16, "latent_vars": 160, "final_dim": 128}, overrides)
+
+
+# ----------------------------------------------------------------------------
+# released fairseq-signals checkpoints (.pt)
+#
+# A fairseq-signals checkpoint is a torch zip-pickle with top-level keys ``cfg``
+# (plain dict; ``cfg['model']`` holds the architecture), ``model`` (the state
+# dict), ``optimizer_history``, ``extra_state`` and so on; it is read with
+# :func:`ecgtool.models.serial.safe_load` (finetuned files also hold numpy
+# arrays: AUROC meter state). Key mapping (explicit, every tensor accounted for):
+#
+# - pretraining models (``wav2vec2_cmsc``, ``wav2vec2``, ...): keys as above, the
+#   pos-conv weight norm as ``weight_g``/``weight_v`` (the released files) or
+#   ``parametrizations.weight.original0``/``original1`` (fairseq-signals after 2025-01);
+# - finetuned classifiers (``ecg_transformer_classifier``): the same keys
+#   prefixed with ``encoder.``, plus ``proj.weight``/``proj.bias``.
+
+import os  # noqa: E402
+
+IMPORTER = "fairseq-signals-pt"
+
+# cfg['model'] keys carried over into our config.
+_CFG_KEYS = ("conv_feature_layers", "in_d", "conv_bias", "extractor_mode", "encoder_layers", "encoder_embed_dim",
+             "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups",
+             "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
+             "dropout_features", "final_dropout", "feature_grad_mult", "latent_vars", "latent_groups", "latent_dim",
+             "final_dim", "latent_temp", "logit_temp", "num_labels")
+
+# Options the model does not implement; a checkpoint that turns one on is refused.
+_UNSUPPORTED = {"quantize_input": False, "same_quantizer": False, "target_glu": False, "layer_norm_first": False,
+                "extractor_mode": "default"}
+
+_POS = "conv_pos.pos_conv.0."
+_WN_OLD = (_POS + "weight_g", _POS + "weight_v")
+_WN_NEW = (_POS + "parametrizations.weight.original0", _POS + "parametrizations.weight.original1")
+
+_MAX_PROBLEMS = 20
+
+
+def _first_line(s: str) -> str:
+    s = s.strip().splitlines()[0] if s.strip() else ""
+    return s[:200]
+
+
+def is_fairseq_checkpoint(obj: Any) -> bool:
+    """True if ``obj`` (a loaded top-level dict) is a fairseq(-signals) checkpoint with an ECG-FM model."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        return False
+    cfg = obj.get("cfg")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        return False
+    return "_name" in cfg["model"] and "encoder_embed_dim" in cfg["model"]
+
+
+def fairseq_provenance(state: dict, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Provenance of a fairseq checkpoint: source file and sha256, model name, updates, criterion."""
+    cfg_model = (state.get("cfg") or {}).get("model") or {}
+    hist = state.get("optimizer_history") or []
+    last = hist[-1] if hist and isinstance(hist[-1], dict) else {}
+    prov: dict[str, Any] = {
+        "format": "fairseq-signals",
+        "fairseq_model": cfg_model.get("_name"),
+        "num_updates": last.get("num_updates"),
+        "criterion": last.get("criterion_name"),
+    }
+    return prov
+
+
+# ----------------------------------------------------------------------------
+# config and key mapping
+
+
+def _layout(cfg_model: dict) -> str:
+    name = str(cfg_model.get("_name", ""))
+    if name.endswith("_classifier") or cfg_model.get("num_labels") is not None:
+        return "classifier"
+    if name.startswith("wav2vec2") or cfg_model.get("quantize_targets"):
+        return "pretraining"
+    return "encoder"
+
+
+def config_from_fairseq(cfg_model: dict, name: str = "checkpoint") -> dict[str, Any]:
+    """Our ECG-FM config from a checkpoint's ``cfg['model']`` (every architecture field from the file)."""
+    if not isinstance(cfg_model, dict):
+        raise CheckpointError(f"{name}: cfg['model'] is not a dict")
+    for k, ok in _UNSUPPORTED.items():
+        if k in cfg_model and cfg_model[k] != ok:
+            raise CheckpointError(f"{name}: cfg['model'].{k}={cfg_model[k]!r} is not supported (ECG-FM uses {ok!r})")
+    layout = _layout(cfg_model)
+    if layout == "pretraining" and not cfg_model.get("quantize_targets", True):
+        raise CheckpointError(f"{name}: pretraining checkpoint without quantize_targets is not supported")
+    required = ("conv_feature_layers", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                "encoder_attention_heads", "conv_pos", "conv_pos_groups")
+    missing = [k for k in required if k not in cfg_model]
+    if missing:
+        raise CheckpointError(f"{name}: cfg['model'] lacks {', '.join(missing)}; cannot tell the architecture")
+    cfg = {k: cfg_model[k] for k in _CFG_KEYS if k in cfg_model and cfg_model[k] is not None}
+    cfg.setdefault("in_d", BASE_CONFIG["in_d"])
+    cfg["pretraining"] = layout == "pretraining"
+    if layout == "classifier":
+        cfg["num_labels"] = cfg_model.get("num_labels")
+    else:
+        cfg["num_labels"] = None
+    try:
+        parse_conv_layers(cfg["conv_feature_layers"])
+    except ValueError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    return cfg
+
+
+def expected_keys(config: dict[str, Any], layout: str = "pretraining", weight_norm: str = "g_v",
+                  num_labels: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The fairseq state-dict keys and shapes a checkpoint of ``config`` must hold.
+
+    ``layout``: ``pretraining`` (with mask_emb/quantizer/project_q/final_proj),
+    ``encoder`` or ``classifier`` (prefix ``encoder.`` plus ``proj.*``).
+    ``weight_norm``: ``g_v`` (``weight_g``/``weight_v``) or ``parametrizations``.
+    Built on the meta device, so full-size configs cost nothing.
+    """
+    cfg = dict(config)
+    cfg["pretraining"] = layout == "pretraining"
+    cfg["num_labels"] = (num_labels or cfg.get("num_labels")) if layout == "classifier" else None
+    if layout == "classifier" and not cfg["num_labels"]:
+        raise ValueError("classifier layout needs num_labels")
+    with torch.device("meta"):
+        model = EcgFm(cfg)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {_to_fairseq_key(k, layout, weight_norm): s for k, s in ours.items()}
+
+
+def _to_fairseq_key(k: str, layout: str, weight_norm: str) -> str:
+    if weight_norm == "g_v":
+        if k == _WN_NEW[0]:
+            k = _WN_OLD[0]
+        elif k == _WN_NEW[1]:
+            k = _WN_OLD[1]
+    if layout == "classifier" and not k.startswith("proj."):
+        k = "encoder." + k
+    return k
+
+
+def _from_fairseq_key(k: str, layout: str) -> str:
+    if layout == "classifier" and k.startswith("encoder."):
+        k = k[len("encoder."):]
+    if k == _WN_OLD[0]:
+        return _WN_NEW[0]
+    if k == _WN_OLD[1]:
+        return _WN_NEW[1]
+    return k
+
+
+def convert_state_dict(sd: dict, config: dict[str, Any], layout: str, name: str = "checkpoint") -> dict:
+    """Map a fairseq state dict to ours; raise one CheckpointError listing every missing,
+    unexpected and mis-shaped key (no partial loads)."""
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{name}: 'model' is not a state dict")
+    style = "parametrizations" if any(k.endswith(_WN_NEW[0]) for k in sd) else "g_v"
+    want = expected_keys(config, layout, style)
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    misshaped = []
+    for k, shape in want.items():
+        if k in sd:
+            v = sd[k]
+            if not isinstance(v, torch.Tensor):
+                misshaped.append(f"{k} (not a tensor: {type(v).__name__})")
+            elif tuple(v.shape) != shape:
+                misshaped.append(f"{k} {list(v.shape)} (config wants {list(shape)})")
+            elif not v.is_floating_point():
+                misshaped.append(f"{k} dtype {v.dtype} (want floating point)")
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                shown = ", ".join(items[:_MAX_PROBLEMS]) + (f", ... ({len(items) - _MAX_PROBLEMS} more)"
+                                                            if len(items) > _MAX_PROBLEMS else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        raise CheckpointError(f"{name}: state dict does not match its cfg['model'] "
+                              f"({config.get('encoder_layers')} layers, dim {config.get('encoder_embed_dim')}, "
+                              f"{layout}): " + "; ".join(parts),
+                              "the file is damaged or not an ECG-FM checkpoint of this architecture")
+    return {_from_fairseq_key(k, layout): sd[k].to(torch.float32) for k in want}
+
+
+def load_fairseq_checkpoint(src: str | os.PathLike | dict, label_names=None) -> EcgFm:
+    """Build an :class:`EcgFm` from a fairseq-signals ``.pt`` (pretrained or finetuned), in eval mode.
+
+    The architecture comes from the checkpoint's ``cfg['model']``. The model
+    gets a ``provenance`` dict (see :func:`fairseq_provenance`), also under
+    ``model.extra['provenance']``. fairseq checkpoints carry no label names;
+    pass ``label_names`` (one per output, e.g. the ``ecgfm-17`` vocabulary's
+    names for the released 17-label classifier) to attach them.
+    """
+    path = src if isinstance(src, (str, os.PathLike)) else None
+    name = str(path) if path is not None else "checkpoint"
+    state = src if isinstance(src, dict) else safe_load(src)
+    if not is_fairseq_checkpoint(state):
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{name}: not a fairseq-signals checkpoint (top level: {keys}); "
+                              "expected 'cfg' with cfg['model'] and a 'model' state dict")
+    cfg_model = state["cfg"]["model"]
+    config = config_from_fairseq(cfg_model, name)
+    layout = _layout(cfg_model)
+    if layout == "classifier" and not config.get("num_labels"):
+        proj = state["model"].get("proj.weight")
+        if isinstance(proj, torch.Tensor) and proj.dim() == 2:
+            config["num_labels"] = int(proj.shape[0])
+        else:
+            raise CheckpointError(f"{name}: classifier checkpoint without num_labels or proj.weight")
+    ours = convert_state_dict(state["model"], config, layout, name)
+    try:
+        with torch.device("meta"):
+            model = EcgFm(config, label_names=label_names)
+        model = model.to_empty(device="cpu")
+        model.load_state_dict(ours, strict=True)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{name}: cannot build the model from cfg['model'] "
+                              f"({config.get('num_labels')} outputs): {e}") from None
+    hist = state.get("optimizer_history") or []
+    n = hist[-1].get("num_updates") if hist and isinstance(hist[-1], dict) else None
+    if model.quantizer is not None and isinstance(n, int):
+        model.set_num_updates(n)
+    prov = provenance(path, IMPORTER, **fairseq_provenance(state))
+    model.extra = {"provenance": prov}
+    if isinstance(n, int):
+        # continuing pretraining from this checkpoint resumes its Gumbel temperature schedule
+        model.extra["training"] = {"updates": n}
+    return model.eval()
+
+
+def _sniff(info) -> bool:
+    return info.kind == "torch" and ("cfg" in info.strings or "args" in info.strings) and (
+        info.has_key_prefix("encoder.layers.", "encoder.encoder.layers.", "feature_extractor.conv_layers.",
+                            "encoder.feature_extractor."))
+
+
+@register_importer(IMPORTER, _sniff, "fairseq-signals ECG-FM .pt (mimic_iv_ecg_physionet_pretrained.pt, mimic_iv_ecg_finetuned.pt)")
+def import_fairseq(path, **overrides) -> tuple[EcgFm, list[str]]:
+    """Read a released ECG-FM checkpoint; returns (model, report lines)."""
+    if overrides:
+        raise CheckpointError(f"{path}: fairseq-signals files store their whole architecture in cfg['model']; "
+                              f"nothing to set ({', '.join(overrides)})")
+    model = load_fairseq_checkpoint(path)
+    prov, cfg = model.extra["provenance"], model.config
+    lines = [f"read {path} (fairseq-signals, sha256 {prov.get('sha256', '?')})",
+             "  " + ", ".join(f"{k}={prov[k]}" for k in ("fairseq_model", "num_updates", "criterion")
+                              if prov.get(k) is not None),
+             f"  ECG-FM: {cfg.get('encoder_layers')} layers, dim {cfg.get('encoder_embed_dim')}, "
+             f"{cfg.get('encoder_attention_heads')} heads, {sum(p.numel() for p in model.parameters()):,} parameters"]
+    return model, lines

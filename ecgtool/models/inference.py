@@ -96,20 +96,6 @@ class Adapted:
     display: np.ndarray | None = None  # like x, in mV (not normalised), when asked for and available
 
 
-def _is_preprocessed(meta: S.TableMeta) -> bool:
-    return "preprocess" in meta.info
-
-
-def describe_mismatch(meta: S.TableMeta, contract: InputContract) -> list[str]:
-    """What differs between a preprocessed table and a model contract (for messages)."""
-    pre = meta.info.get("preprocess", {})
-    out = []
-    norm = meta.info.get("normalisation", pre.get("normalisation"))
-    if norm is not None and norm != contract.normalisation:
-        out.append(f"normalisation {norm} (model wants {contract.normalisation})")
-    return out
-
-
 class Adapter:
     """Turns table batches into (rows, windows, leads, samples) model input."""
 
@@ -121,16 +107,13 @@ class Adapter:
         self.errors = errors
         self.shard = shard
         self.notes: set[str] = set()
-        self.preprocessed = _is_preprocessed(meta)
+        self.meta = meta
+        self.maps: dict[tuple, object] = {}
+        self.preprocessed = meta.preprocessing is not None
         if self.preprocessed:
-            bad = describe_mismatch(meta, contract)
-            if bad:
-                raise UsageError(
-                    "the table was preprocessed for another model: " + "; ".join(bad),
-                    f"preprocess the raw records with --preset {contract.preset} (or pass the records "
-                    "table itself and let the model apply its preset)" if contract.preset else
-                    "preprocess the raw records to the model's contract",
-                )
+            from ecgtool.models.adapt import check_preprocessed
+
+            check_preprocessed(meta.preprocessing, contract)
             self.pre = None
             self.display_pre = None
         else:
@@ -175,7 +158,6 @@ class Adapter:
             yield ad
 
     def _adapt(self, batch: pa.RecordBatch) -> Adapted:
-        from ecgtool.signal.derive import apply_plan, lead_plan
         from ecgtool.signal.resample import resample
         from ecgtool.signal.segment import crop_or_pad, windows
 
@@ -193,13 +175,15 @@ class Adapter:
                 if absent:
                     self._note(f"leads {','.join(absent)} are absent and zero-filled (as random lead masking "
                                "trains for); predictions may be less reliable", warn=True)
-        if leads0 != list(c.leads):
-            plan = lead_plan(leads0, c.leads)
-            x, mask = apply_plan(x, plan)
-            absent = [name for name, ok in zip(c.leads, mask) if not ok]
-            if absent:
-                self._note(f"leads {','.join(absent)} are absent and zero-filled (as random lead masking "
-                           "trains for); predictions may be less reliable", warn=True)
+        key = tuple(leads0)
+        if key not in self.maps:
+            from ecgtool.models.adapt import lead_map_for
+
+            self.maps[key] = lead_map_for(self.meta, leads0, c)
+        lead_map = self.maps[key]
+        for msg in lead_map.messages():
+            self._note(msg, warn="zero-filled" in msg)
+        x = lead_map(x)
         if fs0 != c.fs:
             self._note(f"resampling {fs0:g} Hz to the model's {c.fs:g} Hz (linear interpolation)")
             x = resample(x, fs0, c.fs, method="linear").astype(np.float32)
@@ -233,6 +217,53 @@ class Adapter:
 # --------------------------------------------------------------------------- running
 
 
+def probabilities(logits: torch.Tensor, temperature: float = 1.0, task: str = "multilabel") -> torch.Tensor:
+    """Logits to probabilities: softmax over labels for ``multiclass``, else a sigmoid per label,
+    after dividing by the checkpoint's temperature."""
+    z = logits / float(temperature)
+    return torch.softmax(z, dim=-1) if task == "multiclass" else torch.sigmoid(z)
+
+
+@dataclass
+class WindowBatch:
+    """One adapted input batch and the model's outputs for its windows."""
+
+    batch: pa.RecordBatch        # the valid input rows (signal dropped)
+    x: np.ndarray                # (rows, windows, leads, samples) model input
+    display: np.ndarray | None   # like x in mV, when the adapter was asked for it
+    out: dict[str, np.ndarray]   # fn's outputs by name, each (rows, windows, ...)
+
+
+def run_windows(adapter: "Adapter", runner: "Runner", fn, source: Iterable[pa.RecordBatch],
+                prefetch: int = 2, counts: dict | None = None) -> Iterator[WindowBatch]:
+    """The inference path every command shares: adapt each batch, drop invalid rows, run ``fn``
+    (with ``fn.names``) over all windows in full batches, and yield the outputs per input batch.
+
+    ``counts`` (if given) accumulates ``rows_in`` and ``windows``."""
+    counts = counts if counts is not None else {}
+    counts.setdefault("rows_in", 0)
+    counts.setdefault("windows", 0)
+
+    def items():
+        for ad in adapter(source):
+            counts["rows_in"] += ad.batch.num_rows
+            if not ad.valid.all():
+                keep = np.flatnonzero(ad.valid)
+                if not len(keep):
+                    continue
+                ad.batch, ad.x = ad.batch.take(A.indices(keep)), ad.x[keep]
+                if ad.display is not None:
+                    ad.display = ad.display[keep]
+            n, w = ad.x.shape[:2]
+            counts["windows"] += n * w
+            yield ad, ad.x.reshape((n * w,) + ad.x.shape[2:])
+
+    for ad, res in runner.stream(fn, items(), prefetch=prefetch):
+        n, w = ad.x.shape[:2]
+        yield WindowBatch(ad.batch, ad.x, ad.display,
+                          {k: v.reshape((n, w) + v.shape[1:]) for k, v in zip(fn.names, res)})
+
+
 class Runner:
     """Applies a model function to many windows in fixed-size batches."""
 
@@ -246,8 +277,14 @@ class Runner:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        from ecgtool.models.base import EcgModel
+
+        self.prepares = type(model).prepare is not EcgModel.prepare
 
     def _forward(self, fn, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        if self.prepares:  # the model's own numpy input transform (e.g. HuBERT-ECG's flatten + decimate)
+            x = np.ascontiguousarray(self.model.prepare(x.numpy() if isinstance(x, torch.Tensor) else x),
+                                     dtype=np.float32)
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x if x.flags.writeable else x.copy())
         xb = x.to(self.device, non_blocking=True)

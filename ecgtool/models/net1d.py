@@ -1,4 +1,4 @@
-"""Net1D, the ECGFounder network (a 1-D RegNet-style CNN).
+"""Net1D, the ECGFounder network (a 1-D RegNet-style CNN), and the importer of its released files.
 
 The arithmetic follows ../shared/reference/ecgfounder.md: SAME-padded
 convolutions with bias, a Swish stem without max-pool, stages of
@@ -11,22 +11,31 @@ The released model has BatchNorm tensors in its state dict that it never uses
 (``use_bn=False``); this module does not create them, and the importer skips
 them by name. Parameter names match the released ones, so a released state
 dict (minus BN) loads as is.
+
+The released files (``12_lead_ECGFounder.pth``, ``1_lead_ECGFounder.pth``) are
+``torch.save`` pickles of ``{'epoch', 'step', 'state_dict', 'optimizer',
+'scheduler', 'val_auroc'}`` where ``val_auroc`` is a numpy float64 (pickled as
+``numpy.core.multiarray.scalar`` by the 2024 release, numpy 1.x). They are read
+by :func:`ecgtool.models.serial.safe_load`; the architecture is read from
+tensor shapes.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from functools import lru_cache
+import re
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgtool.errors import CheckpointError
+from ecgtool.models.base import EcgModel
+from ecgtool.models.card import card
 from ecgtool.models.contract import InputContract
-from ecgtool.models.registry import register_model
-from ecgtool.signal.leads import STANDARD_12
+from ecgtool.models.registry import register_family, register_importer, register_model
+from ecgtool.models.serial import match_state_dict, provenance, safe_load
 
 FAMILY = "net1d"
 
@@ -42,29 +51,26 @@ RELEASED_CONFIG: dict[str, Any] = {
     "groups_width": 16,
     "n_classes": 150,
 }
-# The released file counts 66,368 BatchNorm parameters that the model never uses.
-RELEASED_BN_PARAMS = 66_368
 
-LABELS_RESOURCE = "ecgfounder-150.txt"
-
-
-def _contract(leads) -> InputContract:
-    return InputContract(fs=500.0, leads=tuple(leads), n_samples=5000, normalisation="record-zscore",
-                         preset="ecgfounder")
+CONTRACT_12 = card("ecgfounder-12lead").contract
+CONTRACT_1 = card("ecgfounder-1lead").contract
 
 
-CONTRACT_12 = _contract(STANDARD_12)
-CONTRACT_1 = _contract(("I",))
+def _contract(in_channels: int) -> InputContract:
+    if in_channels == 12:
+        return CONTRACT_12
+    if in_channels == 1:
+        return CONTRACT_1
+    from dataclasses import replace
+
+    return replace(CONTRACT_12, leads=tuple(f"ch{i}" for i in range(in_channels)), preset=None)
 
 
-@lru_cache(maxsize=1)
 def ecgfounder_labels() -> tuple[str, ...]:
-    """ECGFounder's 150 output names (index i = output i), shipped with the package."""
-    path = Path(__file__).resolve().parents[1] / "labels" / "vocab" / LABELS_RESOURCE
-    text = path.read_text(encoding="utf-8")
-    names = tuple(line.rstrip("\n") for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    """ECGFounder's 150 output names (index i = output i), from labels/vocab."""
+    names = tuple(card("ecgfounder-12lead").label_names())
     if len(names) != 150:
-        raise RuntimeError(f"{LABELS_RESOURCE}: expected 150 label names, found {len(names)}")
+        raise RuntimeError(f"ecgfounder-150: expected 150 label names, found {len(names)}")
     return names
 
 
@@ -176,38 +182,67 @@ def bn_parameter_count(config: dict[str, Any]) -> int:
     return total
 
 
-class Net1D(nn.Module):
-    """Net1D with the shared model interface (``features``/``pool``/``embed``/``logits``)."""
+@register_family
+class Net1D(EcgModel):
+    """Net1D behind the model interface (``features`` = a stage's output, time-major)."""
 
     family = FAMILY
+    head_name = "dense"
 
     def __init__(self, config: dict[str, Any] | None = None, contract: InputContract | None = None,
                  label_names: list[str] | None = None):
-        super().__init__()
         cfg = normalise_config(config or {})
-        self.config = cfg
-        self.contract = contract or (CONTRACT_12 if cfg["in_channels"] == 12 else
-                                     CONTRACT_1 if cfg["in_channels"] == 1 else
-                                     _contract([f"ch{i}" for i in range(cfg["in_channels"])]))
-        if len(self.contract.leads) != cfg["in_channels"]:
-            raise ValueError(f"contract has {len(self.contract.leads)} leads but the model takes "
+        contract = contract or _contract(cfg["in_channels"])
+        if len(contract.leads) != cfg["in_channels"]:
+            raise ValueError(f"contract has {len(contract.leads)} leads but the model takes "
                              f"{cfg['in_channels']} input channels")
         if label_names is not None and (cfg["n_classes"] is None or len(label_names) != cfg["n_classes"]):
             raise ValueError(f"{len(label_names)} label names for {cfg['n_classes']} outputs")
-        self.label_names = list(label_names) if label_names is not None else None
-        self.extra: dict[str, Any] = {}
+        super().__init__(cfg, contract, label_names)
 
         self.first_conv = SameConv1d(cfg["in_channels"], cfg["base_filters"], cfg["kernel_size"], stride=2)
         widths = [cfg["base_filters"]] + cfg["filter_list"]
         self.stage_list = nn.ModuleList(
             Stage(widths[i], widths[i + 1], n, i, cfg) for i, n in enumerate(cfg["m_blocks_list"])
         )
-        self.embed_dim = widths[-1]
-        self.dense = nn.Linear(self.embed_dim, cfg["n_classes"]) if cfg["n_classes"] else None
+        self.dense = self.make_classifier(cfg["n_classes"]) if cfg["n_classes"] else None
+
+    # -- the model interface ---------------------------------------------------
 
     @property
-    def n_classes(self) -> int | None:
-        return self.config["n_classes"]
+    def embed_dim(self) -> int:
+        return int(self.stage_list[-1].out_channels)
+
+    def layer_modules(self) -> list[nn.Module]:
+        return list(self.stage_list)
+
+    def input_modules(self) -> list[nn.Module]:
+        return [self.first_conv, self.stage_list[0]]
+
+    def classifier_config(self, n_labels: int | None) -> dict[str, Any]:
+        return {**self.config, "n_classes": n_labels}
+
+    def make_classifier(self, n_labels: int) -> nn.Module:
+        return nn.Linear(self.embed_dim, n_labels)
+
+    def feature_dim(self, layer: int | None = None) -> int:
+        """Width D of :meth:`features` for the last stage or stage ``layer``; checks ``layer``."""
+        i = self.layer_index(layer)
+        return int(self.stage_list[-1 if i is None else i].out_channels)
+
+    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                 layer: int | None = None) -> torch.Tensor:
+        """Output of the last stage, or of stage ``layer`` (0-based), time-major: (B, T', D).
+
+        ``padding_mask`` is accepted and not used (the network has no notion of
+        padding; :meth:`pool` leaves padded frames out)."""
+        i = self.layer_index(layer)
+        out = self.stem(x)
+        for stage in self.stage_list[: (len(self.stage_list) if i is None else i + 1)]:
+            out = stage(out)
+        return out.transpose(1, 2)
+
+    # -- Net1D specifics -------------------------------------------------------
 
     def released_layout_bn_parameters(self) -> int:
         """BatchNorm weights+biases the released state dict carries for this config (unused by the model)."""
@@ -229,97 +264,29 @@ class Net1D(nn.Module):
             length = math.ceil(length / self.config["stride"])
         return length
 
-    def _stage_index(self, layer: int | None) -> int:
-        n = len(self.stage_list)
-        if layer is None:
-            return n - 1
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} out of range for {n} stages")
-        return layer % n
 
-    def feature_dim(self, layer: int | None = None) -> int:
-        """Width D of :meth:`features` for the last stage or stage ``layer``; checks ``layer``."""
-        return int(self.stage_list[self._stage_index(layer)].out_channels)
-
-    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                 layer: int | None = None) -> torch.Tensor:
-        """Output of the last stage, or of stage ``layer`` (0-based), time-major: (B, T', D).
-
-        ``padding_mask`` is accepted and not used (the network has no notion of
-        padding; pool with a mask at feature resolution instead)."""
-        out = self.stem(x)
-        for stage in self.stage_list[: self._stage_index(layer) + 1]:
-            out = stage(out)
-        return out.transpose(1, 2)
-
-    def frame_padding_mask(self, padding_mask: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
-        """A (B, T') frame mask from a sample-level (B, T) or frame-level mask (True = padding).
-
-        Padding is taken to sit at the end of each row: a frame counts as real when
-        it starts inside the real samples.
-        """
-        if padding_mask is None:
-            return None
-        pm = padding_mask.bool()
-        if pm.shape[-1] == n_frames:
-            return pm
-        valid = (~pm).sum(-1).to(torch.float64)
-        n_valid = torch.ceil(valid * n_frames / pm.shape[-1])
-        return torch.arange(n_frames, device=pm.device)[None, :] >= n_valid[:, None]
-
-    def pool(self, feats: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean over time; frames marked in ``padding_mask`` (sample- or frame-level) are left out."""
-        pm = self.frame_padding_mask(padding_mask, feats.shape[1])
-        if pm is None:
-            return feats.mean(1)
-        keep = (~pm).to(feats.dtype).unsqueeze(-1)
-        return (feats * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-
-    def embed(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled embedding (B, D): the mean of the last stage output over time (the released head's input)."""
-        return self.pool(self.features(x), padding_mask)
-
-    def logits(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.dense is None:
-            raise ValueError("this Net1D has no classification head (n_classes is None)")
-        return self.dense(self.embed(x, padding_mask))
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(x, padding_mask) if self.dense is not None else self.embed(x, padding_mask)
-
-
-def model_from_config(config: dict[str, Any], contract: InputContract | dict | None = None,
-                      label_names: list[str] | None = None) -> Net1D:
-    """Build a Net1D from a stored config (used by the checkpoint loader)."""
-    if isinstance(contract, dict):
-        contract = InputContract.from_dict(contract)
-    return Net1D(config, contract=contract, label_names=label_names)
+# ----------------------------------------------------------------------------
+# registered variants
 
 
 def _variant(base: dict[str, Any], overrides: dict[str, Any]) -> Net1D:
+    overrides = dict(overrides)
     contract = overrides.pop("contract", None)
+    labels = overrides.pop("label_names", None)
     cfg = normalise_config({**base, **overrides})
-    labels = list(ecgfounder_labels()) if cfg["n_classes"] == 150 else None
+    if labels is None and cfg["n_classes"] == 150:
+        labels = list(ecgfounder_labels())
     return Net1D(cfg, contract=contract, label_names=labels)
 
 
-def _released(base: dict[str, Any], overrides: dict[str, Any]) -> Net1D:
-    model = _variant(base, overrides)
-    # the released .pth also stores the BatchNorm tensors the model never uses
-    model.released_file_parameters = sum(p.numel() for p in model.parameters()) + bn_parameter_count(model.config)
-    return model
-
-
-@register_model("ecgfounder-12lead", FAMILY, CONTRACT_12,
-                "ECGFounder Net1D, 12 leads, 150 labels (released configuration)")
+@register_model("ecgfounder-12lead")
 def ecgfounder_12lead(**overrides) -> Net1D:
-    return _released(RELEASED_CONFIG, overrides)
+    return _variant(RELEASED_CONFIG, overrides)
 
 
-@register_model("ecgfounder-1lead", FAMILY, CONTRACT_1,
-                "ECGFounder Net1D, Lead I only, 150 labels (released configuration)")
+@register_model("ecgfounder-1lead")
 def ecgfounder_1lead(**overrides) -> Net1D:
-    return _released({**RELEASED_CONFIG, "in_channels": 1}, overrides)
+    return _variant({**RELEASED_CONFIG, "in_channels": 1}, overrides)
 
 
 SMALL_CONFIG = {**RELEASED_CONFIG, "base_filters": 32, "filter_list": [32, 64, 64, 128, 128, 256, 256],
@@ -328,11 +295,132 @@ TINY_CONFIG = {**RELEASED_CONFIG, "base_filters": 16, "filter_list": [16, 32, 32
                "m_blocks_list": [2, 2, 1, 2], "groups_width": 8}
 
 
-@register_model("ecgfounder-small", FAMILY, CONTRACT_12, "Net1D, 12 leads, narrower and shallower (CPU)")
+@register_model("ecgfounder-small")
 def ecgfounder_small(**overrides) -> Net1D:
     return _variant(SMALL_CONFIG, overrides)
 
 
-@register_model("ecgfounder-tiny", FAMILY, CONTRACT_12, "Net1D, 12 leads, 4 small stages (tests)")
+@register_model("ecgfounder-tiny")
 def ecgfounder_tiny(**overrides) -> Net1D:
     return _variant(TINY_CONFIG, overrides)
+
+
+# ----------------------------------------------------------------------------
+# the released .pth files
+
+IMPORTER = "ecgfounder-pth"
+
+BN_KEY = re.compile(
+    r"^(first_bn|stage_list\.\d+\.block_list\.\d+\.bn[123])\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+BLOCK_KEY = re.compile(r"^stage_list\.(\d+)\.block_list\.(\d+)\.")
+
+
+def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict inside a released checkpoint (or a bare state dict), without a ``module.`` prefix."""
+    top: dict = {}
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        for key in ("epoch", "step", "val_auroc"):
+            if key in obj:
+                value = obj[key]
+                value = value.item() if hasattr(value, "item") else value
+                if isinstance(value, (int, float)):
+                    top[key] = float(value) if key == "val_auroc" else value
+        sd = obj["state_dict"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    else:
+        raise CheckpointError(f"{source}: no ECGFounder state_dict inside (top-level "
+                              f"{type(obj).__name__}{' keys ' + ', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else ''})")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: state_dict entries that are not tensors: {', '.join(map(str, bad[:10]))}")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd), top
+
+
+def infer_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Net1D architecture from tensor shapes: stages, blocks per stage, widths, groups width, classes."""
+    w = sd.get("first_conv.conv.weight")
+    if w is None or w.ndim != 3:
+        raise CheckpointError(f"{source}: no first_conv.conv.weight (C_out, C_in, K): not an ECGFounder Net1D state dict")
+    base, in_ch, k = (int(v) for v in w.shape)
+    blocks: dict[int, set[int]] = {}
+    for key in sd:
+        m = BLOCK_KEY.match(key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if not blocks or sorted(blocks) != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: stage indices {sorted(blocks)} are not 0..N-1")
+    filters, m_blocks, ratios, gws = [], [], set(), set()
+    for s in range(len(blocks)):
+        ids = sorted(blocks[s])
+        if ids != list(range(len(ids))):
+            raise CheckpointError(f"{source}: stage {s} has block indices {ids}, expected 0..{len(ids) - 1}")
+        m_blocks.append(len(ids))
+        for b in ids:
+            pre = f"stage_list.{s}.block_list.{b}."
+            try:
+                c1, c2, c3 = (sd[pre + f"conv{i}.conv.weight"] for i in (1, 2, 3))
+            except KeyError as exc:
+                raise CheckpointError(f"{source}: missing {exc.args[0]}") from None
+            out, mid = int(c3.shape[0]), int(c1.shape[0])
+            if b == 0:
+                filters.append(out)
+            per_group = int(c2.shape[1])
+            if per_group <= 0 or mid % per_group:
+                raise CheckpointError(f"{source}: {pre}conv2.conv.weight shape {tuple(c2.shape)} does not divide "
+                                      f"{mid} channels into groups")
+            groups = mid // per_group
+            if out % groups:
+                raise CheckpointError(f"{source}: {pre}conv2 has {groups} groups, which do not divide width {out}")
+            gws.add(out // groups)
+            ratios.add(mid / out)
+    if len(gws) != 1 or len(ratios) != 1:
+        raise CheckpointError(f"{source}: inconsistent groups width {sorted(gws)} or bottleneck ratio {sorted(ratios)}")
+    dense = sd.get("dense.weight")
+    cfg = {
+        "in_channels": in_ch, "base_filters": base, "ratio": ratios.pop(), "filter_list": filters,
+        "m_blocks_list": m_blocks, "kernel_size": k, "stride": 2, "groups_width": gws.pop(),
+        "n_classes": int(dense.shape[0]) if dense is not None and dense.ndim == 2 else None,
+    }
+    return normalise_config(cfg)
+
+
+def _sniff(info) -> bool:
+    return info.kind == "torch" and info.has_key_prefix("first_conv.conv.", "module.first_conv.")
+
+
+@register_importer(IMPORTER, _sniff, "ECGFounder .pth (12_lead_ECGFounder.pth, 1_lead_ECGFounder.pth)")
+def import_ecgfounder(path, **overrides) -> tuple[Net1D, list[str]]:
+    """Load a released ECGFounder ``.pth`` (or a bare Net1D state dict) into a :class:`Net1D`."""
+    from pathlib import Path
+
+    if overrides:
+        raise CheckpointError(f"{path}: ECGFounder files store their whole architecture; "
+                              f"nothing to set ({', '.join(overrides)})")
+    path = Path(path)
+    source = str(path)
+    sd, top = extract_state_dict(safe_load(path), source)
+    bn = {k: v for k, v in sd.items() if BN_KEY.match(k)}
+    live = {k: v for k, v in sd.items() if k not in bn}
+    cfg = infer_config(live, source)
+    labels = list(ecgfounder_labels()) if cfg["n_classes"] == 150 else None
+    model = Net1D(cfg, contract=_contract(cfg["in_channels"]), label_names=labels)
+    match_state_dict(model.state_dict(), live, source)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in live.items()}, strict=True)
+    model.eval()
+    model.extra["provenance"] = provenance(path, IMPORTER, **top)
+    n_params = sum(p.numel() for p in model.parameters())
+    bn_params = sum(v.numel() for k, v in bn.items()
+                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    lines = [f"read {source} (ECGFounder, sha256 {model.extra['provenance']['sha256']})"]
+    if top:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in top.items()))
+    lines.append(f"  Net1D: {cfg['in_channels']} input channels, stem {cfg['base_filters']}, "
+                 f"{len(cfg['filter_list'])} stages widths {cfg['filter_list']} blocks {cfg['m_blocks_list']}, "
+                 f"kernel {cfg['kernel_size']}, groups width {cfg['groups_width']}, {cfg['n_classes']} outputs")
+    lines.append(f"  {len(live)} tensors loaded ({n_params:,} parameters); "
+                 f"{len(bn)} unused BatchNorm entries ignored ({bn_params:,} parameters)")
+    return model, lines

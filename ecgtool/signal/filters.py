@@ -1,6 +1,11 @@
 """Zero-phase filters along the last axis (second-order sections, ``sosfiltfilt``).
 
 * :func:`bandpass`: Butterworth band-pass (order per edge, as ``scipy.signal.butter``).
+* :func:`bandpass_steps`: a band-pass of one of three designs: ``butter`` (one
+  Butterworth band-pass, ECGFounder), ``butter-hp-lp`` (a Butterworth high-pass
+  then a Butterworth low-pass of the same order, ST-MEM and ECG-JEPA) or ``fir``
+  (``firwin`` with a Hamming window, ``int(0.3 * fs)`` taps made odd, run with
+  ``filtfilt``: biosppy's FIR band-pass, HuBERT-ECG).
 * :func:`notch`: the ``iirnotch`` design (quality factor Q) as second-order sections.
 * :func:`highpass`: Butterworth high-pass (baseline-wander removal).
 * :func:`median_baseline`: subtract a running median of ``kernel`` samples
@@ -63,6 +68,46 @@ def filtfilt(x: np.ndarray, sos: np.ndarray) -> np.ndarray:
     if n < 2:
         return np.array(x, dtype=np.float64)
     return _scipy_signal().sosfiltfilt(sos, x, axis=-1, padlen=padlen)
+
+
+BANDPASS_DESIGNS = ("butter", "butter-hp-lp", "fir")
+
+
+def fir_bandpass_taps(fs: float, low: float, high: float) -> np.ndarray:
+    """biosppy's FIR band-pass: ``int(0.3 * fs)`` taps (made odd), Hamming window."""
+    _nyquist_check(fs, low, high)
+    n = int(0.3 * fs)
+    n += 1 - n % 2
+    return _scipy_signal().firwin(n, [low / (fs / 2), high / (fs / 2)], pass_zero=False)
+
+
+def bandpass_steps(fs: float, low: float, high: float, order: int = 4, design: str = "butter") -> list:
+    """Filter steps (``("sos", sos)`` or ``("fir", taps)``) for :func:`apply_step`."""
+    if design == "butter":
+        return [("sos", bandpass_sos(fs, low, high, order))]
+    if design == "butter-hp-lp":
+        return [("sos", highpass_sos(fs, low, order)), ("sos", lowpass_sos(fs, high, order))]
+    if design == "fir":
+        return [("fir", fir_bandpass_taps(fs, low, high))]
+    raise ValueError(f"unknown band-pass design {design!r} (choose {', '.join(BANDPASS_DESIGNS)})")
+
+
+def fir_filtfilt(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Zero-phase FIR filtering (``filtfilt`` with a = [1], scipy's default odd padding, shorter for short rows)."""
+    n = x.shape[-1]
+    padlen = min(3 * len(taps), max(n - 1, 0))
+    return _scipy_signal().filtfilt(taps, [1.0], x, axis=-1, padlen=padlen)
+
+
+def apply_step(x: np.ndarray, kind: str, arg) -> np.ndarray:
+    """One filter step: ``sos`` (sosfiltfilt), ``fir`` (filtfilt) or ``median`` (baseline removal)."""
+    if kind == "sos":
+        return filtfilt(x, arg)
+    if kind == "fir":
+        return fir_filtfilt(x, arg)
+    if kind == "median":
+        return x - median_baseline(x, arg)
+    raise ValueError(f"unknown filter step {kind!r}")
 
 
 def bandpass(x: np.ndarray, fs: float, low: float, high: float, order: int = 4) -> np.ndarray:

@@ -5,6 +5,10 @@
   Constant leads (std 0, including zero-filled missing leads) become 0.
 * ``record-zscore``: one mean and std over all (present) leads of a record
   together, as ECGFounder does. A constant record becomes 0.
+* ``record-minmax``: ``(x - min) / (max - min + 1e-8)`` with one min and max
+  over all leads and samples of a record, into [0, 1] (MERL).
+* ``lead-minmax``: per lead ``2 (x - min) / (max - min + 1e-8) - 1``, into
+  [-1, 1] (HuBERT-ECG).
 * ``none``: unchanged.
 
 Statistics are accumulated in float64 whatever the input dtype.
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-METHODS = ("per-lead-zscore", "record-zscore", "none")
+METHODS = ("per-lead-zscore", "record-zscore", "record-minmax", "lead-minmax", "none")
+MINMAX_EPS = 1e-8
 
 
 CONSTANT_STD = 1e-9
@@ -64,11 +69,31 @@ def record_zscore(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.where(std == 0, 0.0, out)
 
 
+def record_minmax(x: np.ndarray) -> np.ndarray:
+    """(..., leads, samples) -> [0, 1] with one min and max per record (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    lo = x.min(axis=(-2, -1), keepdims=True)
+    hi = x.max(axis=(-2, -1), keepdims=True)
+    return (x - lo) / (hi - lo + MINMAX_EPS)
+
+
+def lead_minmax(x: np.ndarray) -> np.ndarray:
+    """(..., leads, samples) -> [-1, 1] per lead (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    lo = x.min(axis=-1, keepdims=True)
+    hi = x.max(axis=-1, keepdims=True)
+    return 2.0 * (x - lo) / (hi - lo + MINMAX_EPS) - 1.0
+
+
 def normalise(x: np.ndarray, method: str, mask: np.ndarray | None = None) -> np.ndarray:
     if method == "per-lead-zscore":
         return per_lead_zscore(x)
     if method == "record-zscore":
         return record_zscore(x, mask)
+    if method == "record-minmax":
+        return record_minmax(x)
+    if method == "lead-minmax":
+        return lead_minmax(x)
     if method == "none":
         return x
     raise ValueError(f"unknown normalisation {method!r} (choose {', '.join(METHODS)})")

@@ -8,7 +8,10 @@
   input sample ``i`` sits at output position ``i * (m - 1) / (n - 1)``. No
   anti-aliasing filter (downsampling aliases, as in the original).
 
-Both work on any leading shape, so a whole (records, leads, samples) stack is
+* ``fft``: :func:`scipy.signal.resample` (Fourier method) over the whole row,
+  to ``int(n * fs_out / fs_in)`` samples (ECG-JEPA's, ST-MEM's and HuBERT-ECG's).
+
+All work on any leading shape, so a whole (records, leads, samples) stack is
 resampled in one call.
 """
 
@@ -18,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-METHODS = ("linear", "poly")
+METHODS = ("linear", "poly", "fft")
 
 
 def ratio(fs_in: float, fs_out: float, max_denominator: int = 100000) -> tuple[int, int]:
@@ -33,7 +36,7 @@ def resampled_length(n: int, fs_in: float, fs_out: float, method: str = "poly") 
     """Number of samples ``resample`` returns for ``n`` input samples."""
     if fs_in == fs_out:
         return n
-    if method == "linear":
+    if method in ("linear", "fft"):
         return int(n * (fs_out / fs_in))
     up, down = ratio(fs_in, fs_out)
     return -(-n * up // down)
@@ -69,7 +72,21 @@ def resample_linear(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     return xl + (xr - xl) * frac
 
 
+def resample_fft(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Fourier resampling of ``x`` (..., samples) to ``int(n * fs_out / fs_in)`` samples."""
+    if fs_in == fs_out:
+        return x
+    from scipy.signal import resample as _rs
+
+    m = int(x.shape[-1] * (fs_out / fs_in))
+    if m <= 0 or x.shape[-1] == 0:
+        return np.zeros(x.shape[:-1] + (max(m, 0),), dtype=np.float64)
+    return _rs(x, m, axis=-1)
+
+
 def resample(x: np.ndarray, fs_in: float, fs_out: float, method: str = "poly") -> np.ndarray:
+    if method == "fft":
+        return resample_fft(x, fs_in, fs_out)
     if method == "linear":
         return resample_linear(x, fs_in, fs_out)
     if method == "poly":

@@ -93,12 +93,9 @@ class SegmentSet:
             out[sel] = self._chunks[c][idx[sel] - self._offsets[c]]
         return out
 
-    def check_contract(self, contract, adapt_leads: bool = True) -> np.ndarray | None:
-        """Check fs / length against a model contract; return a lead index map (or None = identity).
-
-        The map ``m`` has ``len(contract.leads)`` entries: ``m[j]`` is the table
-        lead feeding model lead ``j``, or -1 (zero-filled).
-        """
+    def check_contract(self, contract, adapt_leads: bool = True):
+        """Check fs / length / normalisation against a model contract; return the
+        :class:`ecgtool.models.adapt.LeadMap` to the model's leads (None = identity)."""
         if self.fs is not None and abs(self.fs - contract.fs) > 1e-6:
             raise InputError(f"{self.name}: sampled at {self.fs:g} Hz but the model takes {contract.fs:g} Hz",
                              f"run 'ecgtool preprocess' with the model's preset ({contract.preset or contract.fs})")
@@ -106,30 +103,22 @@ class SegmentSet:
             raise InputError(f"{self.name}: rows have {self.n_samples} samples but the model takes "
                              f"{contract.n_samples} ({contract.seconds:g} s)",
                              f"run 'ecgtool preprocess' with the model's preset ({contract.preset or 'matching --length/--segment'})")
-        want = tuple(normalize_lead(lead) for lead in contract.leads)
-        if self.leads == want:
+        from ecgtool.models.adapt import lead_map_for
+
+        lead_map = lead_map_for(self.meta, self.leads, contract, self.name)
+        if lead_map.identity:
             return None
-        pos = {lead: i for i, lead in enumerate(self.leads)}
-        m = np.array([pos.get(lead, -1) for lead in want], dtype=np.int64)
-        if (m < 0).all():
-            raise InputError(f"{self.name}: none of the model's leads ({', '.join(want)}) is in the table "
-                             f"({', '.join(self.leads)})")
         if not adapt_leads:
-            raise InputError(f"{self.name}: leads {', '.join(self.leads)} differ from the model's {', '.join(want)}")
-        missing = [want[j] for j in range(len(want)) if m[j] < 0]
-        if missing:
-            log.warning("%s: leads %s are not in the table; they are zero-filled", self.name, ", ".join(missing))
-        return m
+            raise InputError(f"{self.name}: leads {', '.join(self.leads)} differ from the model's "
+                             f"{', '.join(lead_map.want)}")
+        for msg in lead_map.messages():
+            log.warning("%s: %s", self.name, msg)
+        return lead_map
 
 
-def apply_lead_map(x: np.ndarray, lead_map: np.ndarray | None) -> np.ndarray:
-    """Reorder / zero-fill the lead axis of ``x`` (n, L, T) by a map from :meth:`SegmentSet.check_contract`."""
-    if lead_map is None:
-        return x
-    out = np.zeros((x.shape[0], len(lead_map), x.shape[2]), dtype=x.dtype)
-    ok = lead_map >= 0
-    out[:, ok] = x[:, lead_map[ok]]
-    return out
+def apply_lead_map(x: np.ndarray, lead_map) -> np.ndarray:
+    """The model's leads from ``x`` (n, L, T) by a map from :meth:`SegmentSet.check_contract` (None: as is)."""
+    return x if lead_map is None else lead_map(x)
 
 
 def load_segments(src: str) -> SegmentSet:

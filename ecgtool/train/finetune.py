@@ -65,9 +65,6 @@ log = logging.getLogger("ecgtool")
 TASKS = ("multilabel", "multiclass", "pu")
 MODES = ("full", "frozen-features", "linear")
 # ECG-FM finetuning dropouts (fairseq-signals diagnosis.yaml)
-ECGFM_FINETUNE = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.1, "final_dropout": 0.0,
-                  "dropout_input": 0.0, "dropout_features": 0.0, "encoder_layerdrop": 0.0}
-
 
 @dataclass
 class FinetuneConfig:
@@ -77,6 +74,7 @@ class FinetuneConfig:
     pos_weight: bool = True
     pu_prior_scale: float = 1.0
     lr: float = 5e-5
+    lr_scales: tuple[float, float] = (1.0, 1.0)  # multipliers of lr for the upper and the lower encoder blocks
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -98,6 +96,8 @@ class FinetuneConfig:
             raise UsageError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.mode not in MODES:
             raise UsageError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if len(self.lr_scales) != 2 or not all(float(v) >= 0 for v in self.lr_scales):
+            raise UsageError(f"--lr-scales {self.lr_scales}: two multipliers >= 0 (upper, lower blocks)")
         for name in ("lr", "eps", "pu_prior_scale"):
             if not float(getattr(self, name)) > 0:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be > 0")
@@ -123,65 +123,15 @@ def classifier_from(model: nn.Module, label_names: Sequence[str], from_scratch: 
     Returns (model, names of tensors that start from a fresh initialisation).
     A head whose label names already match is kept.
     """
-    from ecgtool.models.checkpoint import model_from_config
-
-    family = model.family
-    cfg = dict(model.config)
-    k = len(label_names)
-    if family == "ecgfm":
-        cfg.update(num_labels=k, pretraining=False, **ECGFM_FINETUNE)
-    elif family == "net1d":
-        cfg.update(n_classes=k)
-    else:
-        raise UsageError(f"finetuning does not know model family {family!r}")
-    new = model_from_config(family, cfg, model.contract.to_dict(), list(label_names))
-    if from_scratch:
-        return new, list(new.state_dict())
-    same_head = list(model.label_names or []) == list(label_names)
-    head_prefix = "proj." if family == "ecgfm" else "dense."
-    old = model.state_dict()
-    target = new.state_dict()
-    fresh = []
-    load = {}
-    for key, t in target.items():
-        src = old.get(key)
-        if src is None or tuple(src.shape) != tuple(t.shape) or (key.startswith(head_prefix) and not same_head):
-            fresh.append(key)
-        else:
-            load[key] = src
-    new.load_state_dict(load, strict=False)
-    backbone_fresh = [k for k in fresh if not k.startswith(head_prefix)]
-    if backbone_fresh:
-        raise CheckpointError(f"the backbone lacks {len(backbone_fresh)} tensors the classifier needs "
-                              f"({', '.join(backbone_fresh[:5])})")
-    new.extra = {"provenance": dict((getattr(model, "extra", {}) or {}).get("provenance") or {})}
-    return new, fresh
+    try:
+        return model.for_labels(label_names, from_scratch=from_scratch)
+    except ValueError as exc:
+        raise UsageError(f"cannot finetune this {model.family} model: {exc}") from None
 
 
 def set_mode(model: nn.Module, mode: str) -> list[nn.Parameter]:
-    """Freeze per ``mode``; return the trainable parameters."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if model.family == "ecgfm":
-        head = model.proj
-        if mode == "frozen-features":
-            model.config["feature_grad_mult"] = 0.0
-            for p in model.feature_extractor.parameters():
-                p.requires_grad_(False)
-        elif mode == "full":
-            model.config["feature_grad_mult"] = 1.0
-    else:
-        head = model.dense
-        if mode == "frozen-features":
-            for m in (model.first_conv, model.stage_list[0]):
-                for p in m.parameters():
-                    p.requires_grad_(False)
-    if mode == "linear":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
+    """Freeze per ``mode`` (linear / frozen-features / full); return the trainable parameters."""
+    return model.freeze(mode)
 
 
 class FinetuneTask(nn.Module):
@@ -267,7 +217,8 @@ class Finetuner:
     def __init__(self, data: str | D.SegmentSet, model: str, output: str | Path, labels: str | None = None,
                  cfg: FinetuneConfig | None = None, loop: LoopConfig | None = None, device: str = "auto",
                  from_scratch: bool = False, run_dir: str | Path | None = None):
-        from ecgtool.models.checkpoint import load_model, resolve_device
+        from ecgtool.models.checkpoint import load_model
+        from ecgtool.models.devices import resolve_device
 
         self.cfg = cfg = cfg or FinetuneConfig()
         cfg.check()
@@ -352,8 +303,8 @@ class Finetuner:
                                      dtype=torch.float32)
                 self.report["pu_prior"] = [round(float(v), 6) for v in prior]
         self.task = FinetuneTask(self.model, cfg.task, cfg.mode, pos_w, prior).to(self.device)
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(trainable), lr=cfg.lr, betas=tuple(cfg.betas),
+                                           eps=cfg.eps, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _s: 1.0)
         self.plan = D.BatchPlan(len(train_idx), cfg.batch_size, seed=loop.seed, rank=self.dist.rank,
                                 world_size=self.dist.world_size)
@@ -363,6 +314,20 @@ class Finetuner:
                          find_unused_parameters=False)
 
     # -- set-up helpers --------------------------------------------------------
+
+    def _param_groups(self, trainable: list[nn.Parameter]) -> list[dict]:
+        """Layer-wise learning rates: the head at --lr, the upper and lower encoder blocks at
+        --lr times --lr-scales (the model names its groups)."""
+        cfg = self.cfg
+        keep = {id(p) for p in trainable}
+        scales = {"head": 1.0, "upper": float(cfg.lr_scales[0]), "lower": float(cfg.lr_scales[1])}
+        groups = []
+        for name, params in self.model.parameter_groups().items():
+            params = [p for p in params if id(p) in keep]
+            if params:
+                groups.append({"params": params, "lr": cfg.lr * scales[name], "name": name})
+        self.report["lr_groups"] = {g["name"]: {"lr": g["lr"], "tensors": len(g["params"])} for g in groups}
+        return groups
 
     def _labels(self, labels: str | None) -> tuple[list[str], np.ndarray]:
         cfg = self.cfg
@@ -477,7 +442,7 @@ class Finetuner:
             x[:, 0] = raw[:, i] * np.cos(theta)[:, None] + raw[:, f] * np.sin(theta)[:, None]
         if rng is not None and (self.cfg.lead_dropout or self.cfg.single_lead_prob):
             x = drop_leads(x, self.cfg.lead_dropout, self.cfg.single_lead_prob, rng)
-        return x
+        return np.ascontiguousarray(self.model.prepare(x), dtype=np.float32)
 
     def make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         rows = self.train_idx[idx]
@@ -516,8 +481,9 @@ class Finetuner:
         return zr, y
 
     def scores(self, z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-        zt = torch.from_numpy(z / temperature)
-        return (torch.softmax(zt, 1) if self.multiclass else torch.sigmoid(zt)).numpy()
+        from ecgtool.models.inference import probabilities
+
+        return probabilities(torch.from_numpy(z), temperature, "multiclass" if self.multiclass else "multilabel").numpy()
 
     def evaluate(self, model) -> dict:
         z, y = self.record_level(self.val_idx)
@@ -540,7 +506,7 @@ class Finetuner:
     def finish(self) -> dict:
         """Best model -> temperature and thresholds on validation -> checkpoint at ``output`` (rank 0)."""
         from ecgtool.analysis.metrics import choose_threshold
-        from ecgtool.models.checkpoint import save_checkpoint
+        from ecgtool.models.native import save_checkpoint
 
         st = self.loop.state
         if self.loop.best_state is not None:

@@ -308,7 +308,7 @@ class Loop:
         return path
 
     def _write_checkpoint(self, step: int) -> Path:
-        from ecgtool.models.checkpoint import save_checkpoint
+        from ecgtool.models.native import save_checkpoint
 
         root = self.out_dir / "checkpoints"
         root.mkdir(parents=True, exist_ok=True)

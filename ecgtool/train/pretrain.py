@@ -137,9 +137,11 @@ def load_pretrain_model(spec: str, need_heads: bool):
     from ecgtool.models.checkpoint import load_model
 
     model = load_model(spec, allow_random=True)
-    if getattr(model, "family", None) != "ecgfm":
-        raise UsageError(f"-m {spec}: pretraining needs an ECG-FM transformer (family ecgfm), "
-                         f"not {getattr(model, 'family', type(model).__name__)}",
+    from ecgtool.models.base import WAV2VEC2_PRETRAINING
+
+    if not model.has(WAV2VEC2_PRETRAINING):
+        raise UsageError(f"-m {spec}: pretraining (wav2vec 2.0 + CMSC + RLM) needs a model with that capability "
+                         f"(ECG-FM's transformer), not {model.family}",
                          "e.g. -m ecgfm-small, or a checkpoint written by 'ecgtool pretrain'")
     if need_heads and getattr(model, "quantizer", None) is None:
         raise CheckpointError(f"-m {spec}: this model has no pretraining heads (mask_emb, quantizer, project_q, "
@@ -152,7 +154,7 @@ class Pretrainer:
 
     def __init__(self, data: str | SegmentSet, model: str, out_dir: str | Path, cfg: PretrainConfig | None = None,
                  loop: LoopConfig | None = None, device: str = "auto"):
-        from ecgtool.models.checkpoint import resolve_device
+        from ecgtool.models.devices import resolve_device
 
         self.cfg = cfg or PretrainConfig()
         self.cfg.check()
@@ -240,7 +242,7 @@ class Pretrainer:
 
     def finish(self) -> Path | None:
         """Write the final model to ``OUT/model.safetensors`` (rank 0) and leave the process group."""
-        from ecgtool.models.checkpoint import save_checkpoint
+        from ecgtool.models.native import save_checkpoint
 
         path = None
         if self.dist.is_main:

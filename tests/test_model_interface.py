@@ -1,0 +1,142 @@
+"""Every registered variant behind the one model interface (as timm tests over list_models()).
+
+Tiny variants are built and run for real; the others are built on the meta
+device (shapes and parameter counts only). Each card's preset, applied to a raw
+PTB-XL record, must give exactly the card's input contract.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ecgtool.models import list_models
+from ecgtool.models.base import ATTENTION, EcgModel, parameter_count
+from ecgtool.models.card import family_cards, model_cards, presets
+from ecgtool.models.checkpoint import load_model
+from ecgtool.models.native import save_checkpoint
+from ecgtool.models.registry import create_model, model_card
+
+ALL = list_models()
+TINY = [n for n in ALL if model_card(n).tiny]
+
+
+def test_every_family_has_a_tiny_and_a_released_variant():
+    fams = {model_card(n).family for n in ALL}
+    assert {"ecgfm", "net1d"} <= fams
+    for fam in fams:
+        cards = [model_card(n) for n in ALL if model_card(n).family == fam]
+        assert any(c.tiny for c in cards), f"{fam} has no tiny variant for tests"
+        assert any(c.released for c in cards), f"{fam} registers no released size"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_variant_matches_its_card(name):
+    card = model_card(name)
+    with torch.device("meta"):
+        model = create_model(name)
+    assert isinstance(model, EcgModel)
+    assert model.family == card.family and model.contract == card.contract
+    assert parameter_count(model) == card.parameters, f"{name}: card says {card.parameters:,}"
+    json.dumps(model.config)  # stored as JSON by native checkpoints
+    labels = card.label_names()
+    if labels is not None:
+        assert model.label_names == labels and model.n_classes == len(labels)
+    assert card.licence and card.weights_source and card.paper
+    groups = model.parameter_groups()
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def _input(model: EcgModel, n: int = 2) -> torch.Tensor:
+    c = model.contract
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, len(c.leads), c.n_samples)).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(model.prepare(x), dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_variant_runs_and_round_trips(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        feats = model.features(x)
+        emb = model.embed(x)
+        pooled = model.pool(feats)
+        assert feats.ndim == 3 and feats.shape[0] == 2 and feats.shape[2] == model.feature_dim()
+        assert emb.shape == (2, model.embed_dim)
+        assert torch.allclose(pooled, emb, atol=1e-5), "embed() must equal pool(features())"
+        for layer in (0, -1):
+            f = model.features(x, layer=layer)
+            assert f.shape[0] == 2 and f.shape[2] == model.feature_dim(layer)
+        with pytest.raises(ValueError):
+            model.features(x, layer=model.num_layers)
+    if model.get_classifier() is None and model.head_name is not None:
+        model.reset_classifier(["a", "b", "c"])
+    if model.get_classifier() is not None:
+        with torch.no_grad():
+            z = model.logits(x)
+        assert z.shape == (2, model.n_classes) and torch.isfinite(z).all()
+        trainable = model.freeze("linear")
+        assert {id(p) for p in trainable} == {id(p) for p in model.get_classifier().parameters()}
+        model.freeze("full")
+    if model.has(ATTENTION):
+        with torch.no_grad():
+            a = model.attention(x)
+        assert a.ndim == 3 and a.shape[0] == 2 and a.shape[1] == a.shape[2]
+    path = save_checkpoint(model, tmp_path / f"{name}.safetensors")
+    back = load_model(path)
+    assert type(back) is type(model) and back.config == model.config and back.contract == model.contract
+    with torch.no_grad():
+        assert torch.equal(back.embed(x), model.embed(x))
+        if model.get_classifier() is not None:
+            assert torch.equal(back.logits(x), model.logits(x))
+
+
+@pytest.fixture(scope="module")
+def ptbxl_records(data_dir, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from ecgtool.cli import app
+
+    src = data_dir / "ptbxl-500" / "records500" / "00000" / "00001_hr.hea"
+    out = tmp_path_factory.mktemp("raw") / "rec.parquet"
+    r = CliRunner().invoke(app, ["convert", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(presets()))
+def test_card_preset_gives_the_contract(preset, ptbxl_records, tmp_path):
+    """The preset (with the card's leads, as embed applies it) turns a raw PTB-XL record into the contract."""
+    from typer.testing import CliRunner
+
+    from ecgtool.cli import app
+    from ecgtool.io import read_table
+    from ecgtool.signal.leads import normalize_leads
+
+    cards = [c for c in model_cards().values() if c.contract.preset == preset]
+    if not cards:  # a second pipeline of a family (e.g. a finetuning path): the family's released contract
+        fam = next(f for f in family_cards().values() if preset in f.presets)
+        cards = [c for c in fam.variants.values() if c.released]
+    done = {}
+    for c in cards:
+        k = c.contract
+        key = tuple(k.leads)
+        if key not in done:
+            out = tmp_path / f"pre{len(done)}.parquet"
+            r = CliRunner().invoke(app, ["preprocess", "--preset", preset, "--leads", ",".join(k.leads),
+                                         str(ptbxl_records), "-o", str(out)])
+            assert r.exit_code == 0, r.output
+            done[key] = read_table(str(out))
+        table, meta = done[key]
+        pre = meta.preprocessing
+        assert pre.fs == k.fs and tuple(normalize_leads(pre.leads)) == tuple(normalize_leads(k.leads)), c.name
+        assert pre.n_samples == k.n_samples and pre.normalisation == k.normalisation, c.name
+        sig = table.column("signal").combine_chunks()
+        assert table.num_rows >= 1 and len(sig[0].as_py()) == len(k.leads)
+        assert len(sig[0].as_py()[0]) == k.n_samples
