@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ecgtool.analysis.saliency import attention_saliency, integrated_gradients, stretch
+from ecgtool.analysis.saliency import attention_saliency, integrated_gradients
+from ecgtool.signal.resample import stretch
 from ecgtool.models.checkpoint import load_model
 
 
@@ -24,8 +25,9 @@ def test_attention_saliency_follows_the_reference_recipe(fixtures):
     with torch.inference_mode():
         s = attention_saliency(model, x).numpy()
     expected = stretch(ref["ft_attn_last"].max(axis=2), x.shape[-1])
-    assert s.shape == (3, 2500)
-    np.testing.assert_allclose(s, expected, atol=1e-5)
+    assert s.shape == (3, 12, 2500)  # time-step tokens: the same trace for every lead
+    for lead in range(12):
+        np.testing.assert_allclose(s[:, lead], expected, atol=1e-5)
 
 
 def test_integrated_gradients_completeness(fixtures):

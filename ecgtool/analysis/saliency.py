@@ -35,27 +35,21 @@ log = logging.getLogger("ecgtool")
 METHODS = ("auto", "attention", "gradient")
 
 
-def stretch(frames: np.ndarray, n: int) -> np.ndarray:
-    """(..., F) frame values -> (..., n) samples by linear interpolation across the window."""
-    f = frames.shape[-1]
-    pos = np.linspace(0, f - 1, n)
-    flat = frames.reshape(-1, f)
-    out = np.stack([np.interp(pos, np.arange(f), row) for row in flat])
-    return out.reshape(frames.shape[:-1] + (n,))
-
-
 def minmax(x: np.ndarray, axis=None) -> np.ndarray:
     lo = x.min(axis=axis, keepdims=True)
     hi = x.max(axis=axis, keepdims=True)
     return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0.0).astype(np.float32)
 
 
-def attention_saliency(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, T) -> (B, T): last-layer attention, head-averaged, max over keys, per sample."""
+def attention_saliency(model, x: torch.Tensor, n_leads: int | None = None, n_samples: int | None = None) -> torch.Tensor:
+    """Model input -> (B, L, T): last-layer attention, head-averaged, max over keys, per token, spread
+    over the samples each token covers (the model says how: :meth:`EcgModel.token_saliency`).
+    ``n_leads`` / ``n_samples``: the contract's, when ``x`` is a prepared input of another shape."""
     attn = model.attention(x, layer=-1)  # (B, queries, keys)
-    per_frame = attn.max(dim=2).values
-    out = torch.from_numpy(stretch(per_frame.float().cpu().numpy(), x.shape[-1]))
-    return out
+    per_token = attn.max(dim=2).values.float().cpu().numpy()
+    L = n_leads if n_leads is not None else x.shape[1]
+    T = n_samples if n_samples is not None else x.shape[-1]
+    return torch.from_numpy(np.ascontiguousarray(model.token_saliency(per_token, L, T), dtype=np.float32))
 
 
 def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, steps: int = 16) -> torch.Tensor:
@@ -203,15 +197,16 @@ def saliency_table(
             sal = np.empty((n * w, L, t), dtype=np.float32)
             kk = np.repeat(k, w)
             for start in range(0, n * w, batch_size):
-                xb = torch.from_numpy(flat[start:start + batch_size]).to(device)
+                chunk = np.ascontiguousarray(model.prepare(flat[start:start + batch_size]), dtype=np.float32)
+                xb = torch.from_numpy(chunk).to(device)
                 if method == "attention":
                     with torch.inference_mode():
-                        s = attention_saliency(model, xb).numpy()
-                    sal[start:start + len(xb)] = s[:, None, :]
+                        s = attention_saliency(model, xb, L, t).numpy()
+                    sal[start:start + len(xb)] = s
                 else:
                     tb = torch.from_numpy(kk[start:start + batch_size]).to(device)
                     a = integrated_gradients(model, xb, tb, steps).abs().detach().cpu().numpy()
-                    sal[start:start + len(xb)] = smooth(a, width)
+                    sal[start:start + len(xb)] = smooth(model.input_saliency(a, L, t), width)
             sal = sal.reshape(n, w, L, t).transpose(0, 2, 1, 3).reshape(n, L, w * t)
             shown = wb.display if wb.display is not None else wb.x
             units = "mV" if wb.display is not None else c.normalisation

@@ -95,9 +95,32 @@ class EcgModel(nn.Module):
         head = nn.Linear(self.embed_dim, n_labels)
         return head
 
+    def token_grid_shape(self) -> tuple[int, int] | None:
+        """``(leads, steps)`` when the tokens of :meth:`features` / :meth:`attention` are per-lead
+        patches in lead-major order (token = lead * steps + step); None when they are time steps
+        over all leads (the default)."""
+        return None
+
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """Turn (N, L, T) float32 in the contract's layout into what the network takes (default: as is)."""
         return x
+
+    def input_saliency(self, s: np.ndarray, n_leads: int, n_samples: int) -> np.ndarray:
+        """Attributions on the prepared input -> (N, L, T) in the contract's layout (default: as is)."""
+        return s
+
+    def token_saliency(self, per_token: np.ndarray, n_leads: int, n_samples: int) -> np.ndarray:
+        """One value per token of :meth:`attention` (N, T') -> (N, L, T) over the samples each token covers."""
+        from ecgtool.signal.resample import stretch
+
+        grid = self.token_grid_shape()
+        n = per_token.shape[0]
+        if grid is None:
+            return np.repeat(stretch(per_token, n_samples)[:, None, :], n_leads, axis=1)
+        g_leads, steps = grid
+        if g_leads != n_leads:
+            raise ValueError(f"{self.family}: attention over {g_leads} leads for an input of {n_leads}")
+        return stretch(per_token.reshape(n, g_leads, steps), n_samples)
 
     # ------------------------------------------------------------------ generic
 

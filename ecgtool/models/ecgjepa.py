@@ -339,6 +339,9 @@ class EcgJepa(EcgModel):
                              f"or {n_tokens} tokens")
         return pm.repeat(1, n_tokens // p)
 
+    def token_grid_shape(self) -> tuple[int, int]:
+        return len(self.config["leads"]), int(self.config["n_patches"])
+
     def token_grid(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, L*P, D) lead-major tokens -> (B, L, P, D) (lead x 0.2-s patch)."""
         b, n, d = feats.shape

@@ -279,7 +279,8 @@ class Runner:
         self.batch_size = batch_size
         from ecgtool.models.base import EcgModel
 
-        self.prepares = type(model).prepare is not EcgModel.prepare
+        prepare = getattr(type(model), "prepare", None)
+        self.prepares = prepare is not None and prepare is not EcgModel.prepare
 
     def _forward(self, fn, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
         if self.prepares:  # the model's own numpy input transform (e.g. HuBERT-ECG's flatten + decimate)

@@ -104,6 +104,14 @@ def _make_unpickler_module(source: str, stubs: tuple[str, ...]):
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
+            # Python 2 names (__builtin__.unicode, copy_reg, ...), mapped as pickle maps them for
+            # protocol < 3 (no Python 3 module has these names, so the mapping is always safe)
+            import _compat_pickle
+
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
             if (module, name) in _TORCH_GLOBALS or (module, name) in _PLAIN_GLOBALS:
                 return super().find_class(module, name)
             if module == "torch" and name.endswith(("dtype", "Storage")) or module == "torch" and name in (

@@ -92,3 +92,12 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float, method: str = "poly") -
     if method == "poly":
         return resample_poly(x, fs_in, fs_out)
     raise ValueError(f"unknown resampling method {method!r} (choose {', '.join(METHODS)})")
+
+
+def stretch(values: np.ndarray, n: int) -> np.ndarray:
+    """(..., F) values at F evenly spaced points -> (..., n) by linear interpolation (endpoints pinned)."""
+    f = values.shape[-1]
+    pos = np.linspace(0, f - 1, n)
+    flat = values.reshape(-1, f).astype(np.float64)
+    out = np.stack([np.interp(pos, np.arange(f), row) for row in flat]) if len(flat) else np.zeros((0, n))
+    return out.reshape(values.shape[:-1] + (n,)).astype(np.float32)
