@@ -140,3 +140,39 @@ def test_card_preset_gives_the_contract(preset, ptbxl_records, tmp_path):
         sig = table.column("signal").combine_chunks()
         assert table.num_rows >= 1 and len(sig[0].as_py()) == len(k.leads)
         assert len(sig[0].as_py()[0]) == k.n_samples
+
+
+def test_normalised_table_lacking_lead_iii_is_zero_filled_not_derived(ptbxl_records, tmp_path):
+    """III = II - I holds for millivolts, not for z-scored leads: a normalised table lacking III gets it
+    zero-filled with a warning; a table still in mV gets it derived."""
+    from typer.testing import CliRunner
+
+    from ecgtool.cli import app
+    from ecgtool.errors import RecordErrors
+    from ecgtool.io import open_table
+    from ecgtool.models.inference import Adapter
+
+    contract = model_card("ecgfm-tiny").contract
+    runs = {}
+    for norm in ("per-lead-zscore", "none"):
+        out = tmp_path / f"{norm}.parquet"
+        r = CliRunner().invoke(app, ["preprocess", "--leads", "I,II,V1,V2,V3,V4,V5,V6", "--fs", "500",
+                                     "--segment", "5", "--normalise", norm, str(ptbxl_records), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        runs[norm] = out
+    with open_table(str(runs["per-lead-zscore"])) as reader:
+        assert reader.meta.preprocessing.normalisation == contract.normalisation
+        adapter = Adapter(contract, reader.meta, RecordErrors("fail"))
+        ad = next(iter(adapter(reader)))
+    iii = list(contract.leads).index("III")
+    assert np.all(ad.x[:, :, iii] == 0)
+    assert any("III" in m and "not derived" in m for m in adapter.notes)  # said on stderr as a warning
+    # in mV (a model that takes raw millivolts): derived from I and II
+    from dataclasses import replace
+
+    raw_contract = replace(contract, normalisation="none")
+    with open_table(str(runs["none"])) as reader:
+        ad = next(iter(Adapter(raw_contract, reader.meta, RecordErrors("fail"))(reader)))
+    i, ii = list(contract.leads).index("I"), list(contract.leads).index("II")
+    np.testing.assert_allclose(ad.x[:, :, iii], ad.x[:, :, ii] - ad.x[:, :, i], atol=1e-6)
+    assert np.abs(ad.x[:, :, iii]).max() > 0
