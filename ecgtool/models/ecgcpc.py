@@ -279,7 +279,7 @@ class S4Layer(nn.Module):
     def convolve(self, u: torch.Tensor) -> torch.Tensor:
         """y = causal conv(u, K) + D u, before the activation: (B, H, T)."""
         t = u.shape[-1]
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with torch.autocast(device_type="cuda" if u.is_cuda else "cpu", enabled=False):
             u = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
             k = self.kernel(t).to(u.dtype)                              # (1, H, T)
             k_f = torch.fft.rfft(k, n=2 * t)
