@@ -176,3 +176,32 @@ def test_normalised_table_lacking_lead_iii_is_zero_filled_not_derived(ptbxl_reco
     i, ii = list(contract.leads).index("I"), list(contract.leads).index("II")
     np.testing.assert_allclose(ad.x[:, :, iii], ad.x[:, :, ii] - ad.x[:, :, i], atol=1e-6)
     assert np.abs(ad.x[:, :, iii]).max() > 0
+
+
+def test_no_import_cycle_in_the_package():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_cycles.py")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_non_commercial_weights_say_so_when_loaded(reference_dir, tmp_path):
+    """HuBERT-ECG's weights are CC BY-NC 4.0: loading them prints a one-line note on stderr."""
+    import subprocess
+    import sys
+
+    folder = reference_dir / "fixtures" / "hubertecg" / "hubert-ecg-reduced"
+    r = subprocess.run([sys.executable, "-m", "ecgtool", "models", "import", str(folder), "-o",
+                        str(tmp_path / "h.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "non-commercial" in r.stdout  # the import report
+    r = subprocess.run([sys.executable, "-m", "ecgtool", "models", "info", str(tmp_path / "h.safetensors")],
+                       capture_output=True, text=True)
+    notes = [ln for ln in r.stderr.splitlines() if "non-commercial" in ln]
+    assert r.returncode == 0 and len(notes) == 1 and "CC BY-NC 4.0" in notes[0]
+    r = subprocess.run([sys.executable, "-m", "ecgtool", "models", "info", "ecgfm-base"], capture_output=True,
+                       text=True)
+    assert "non-commercial" not in r.stderr
