@@ -55,6 +55,23 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         root.setLevel(logging.INFO)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what scancel and job time limits send), raised where the program is, so that every
+    output being written is discarded exactly as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def _handle_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 class EcgtoolGroup(TyperGroup):
     """Turns library errors into one-line messages and exit codes."""
 
@@ -64,6 +81,7 @@ class EcgtoolGroup(TyperGroup):
         saved = sys.argv
         if args is not None:
             sys.argv = ["ecgtool", *map(str, args)]
+        _handle_sigterm()
         try:
             return super().main(args, prog_name, *a, **kw)
         finally:
@@ -80,6 +98,9 @@ class EcgtoolGroup(TyperGroup):
         except BrokenPipeError:
             _quiet_broken_pipe()
             ctx.exit(0)
+        except Terminated:
+            typer.echo("ecgtool: terminated (SIGTERM); no partial output was left", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             typer.echo("ecgtool: interrupted", err=True)
             ctx.exit(130)

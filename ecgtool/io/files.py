@@ -13,6 +13,7 @@ leaves no partial file. Special cases, as cp and samtools treat them:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def no_interruption():
+    """Hold SIGTERM and SIGINT while a temporary file is created, moved or removed, so that an
+    interruption cannot fall between creating it and recording its name (the signal comes after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class AtomicOutput:
@@ -51,8 +70,9 @@ class AtomicOutput:
         if not target.parent.is_dir():
             raise UsageError(f"{self.path}: folder {target.parent} does not exist")
         self._mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        self.fh = os.fdopen(fd, "wb")
+        with no_interruption():
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            self.fh = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
         """Flush, sync and move the file into place."""
@@ -62,9 +82,10 @@ class AtomicOutput:
             return
         os.fsync(self.fh.fileno())
         self.fh.close()
-        os.chmod(self._tmp, self._mode)
-        os.replace(self._tmp, self.target)
-        self._tmp = None
+        with no_interruption():
+            os.chmod(self._tmp, self._mode)
+            os.replace(self._tmp, self.target)
+            self._tmp = None
 
     def discard(self) -> None:
         """Close and remove the temporary file (nothing is left behind)."""
@@ -72,9 +93,10 @@ class AtomicOutput:
             self.fh.close()
         except Exception:
             pass
-        if self._tmp and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
-        self._tmp = None
+        with no_interruption():
+            if self._tmp and os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+            self._tmp = None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

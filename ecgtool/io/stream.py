@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from ecgtool.errors import InputError, UsageError
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
-from ecgtool.io.files import AtomicOutput
+from ecgtool.io.files import AtomicOutput, no_interruption
 
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
 DEFAULT_BATCH_SIZE = 64
@@ -487,8 +487,17 @@ class TableWriter:
             refuse_terminal(self.dest)
             self._fh = sys.stdout.buffer
         else:
-            self._out = AtomicOutput(self.dest)
+            with no_interruption():  # the temporary file is recorded before a signal can land
+                self._out = AtomicOutput(self.dest)
             self._fh = self._out.fh
+        try:
+            self._open_writer(compression)
+        except BaseException:  # an error or an interruption here: nobody else holds the file to discard it
+            if self._out is not None:
+                self._out.discard()
+            raise
+
+    def _open_writer(self, compression) -> None:
         if self.format == "parquet":
             # Dictionary encoding: raw signals hold few distinct values (ADC steps times a gain), so it makes
             # converted tables ~40% smaller at the same write time; normalised samples and embeddings are

@@ -20,8 +20,6 @@ The flow, for any model and any input table:
 from __future__ import annotations
 
 import logging
-import os
-import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -33,54 +31,13 @@ import torch
 from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
+from ecgtool.io.shard import in_shard, parse_shard, shard_path  # noqa: F401  (the commands import them here)
 from ecgtool.models.contract import InputContract
 
 log = logging.getLogger("ecgtool")
 
 POOLS = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")
-
-
-# --------------------------------------------------------------------------- sharding
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``K/N`` (1-based K) or None; defaults to SLURM array variables when unset."""
-    if text is None:
-        tid = os.environ.get("SLURM_ARRAY_TASK_ID")
-        count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
-        if tid is None or count is None:
-            return None
-        lo = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(tid) - lo + 1, int(count)
-    try:
-        k, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise UsageError(f"--shard {text}: K must be between 1 and N")
-    return k, n
-
-
-def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
-    """Records are split between shards by a stable hash of their id, so that
-    all windows and segments of one record land in the same shard."""
-    if shard is None:
-        return True
-    k, n = shard
-    return zlib.crc32(str(record_id).encode()) % n == k - 1
-
-
-def shard_path(path: str, shard: tuple[int, int] | None) -> str:
-    """``emb.parquet`` -> ``emb.shard1of4.parquet`` (``{shard}`` in the name is replaced instead)."""
-    if shard is None or path == "-":
-        return path
-    k, n = shard
-    tag = f"shard{k}of{n}"
-    if "{shard}" in path:
-        return path.replace("{shard}", tag)
-    root, ext = os.path.splitext(path)
-    return f"{root}.{tag}{ext}"
 
 
 # --------------------------------------------------------------------------- adaptation

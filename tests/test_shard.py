@@ -1,0 +1,43 @@
+"""Shards from --shard or a SLURM array: said on stderr, impossible numberings refused, --no-shard."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ecgtool.errors import UsageError
+from ecgtool.io.shard import in_shard, parse_shard, shard_from_env, shard_path
+
+
+def test_slurm_array_shard_is_said(caplog):
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
+    logging.getLogger("ecgtool").propagate = True
+    with caplog.at_level(logging.WARNING, logger="ecgtool"):
+        assert shard_from_env(env) == (2, 3)
+    assert any("shard 2 of 3 from the SLURM array" in m and "SLURM_ARRAY_TASK_ID=2" in m for m in caplog.messages)
+
+
+def test_stepped_arrays():
+    # --array=0-6:2 -> IDs 0, 2, 4, 6 with MIN 0, STEP 2, COUNT 4: shards 1..4
+    for tid, k in ((0, 1), (2, 2), (4, 3), (6, 4)):
+        env = {"SLURM_ARRAY_TASK_ID": str(tid), "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+               "SLURM_ARRAY_TASK_COUNT": "4"}
+        assert shard_from_env(env) == (k, 4)
+    # a stepped array without STEP in the environment cannot be numbered: a usage error saying what to pass
+    with pytest.raises(UsageError, match="--shard"):
+        shard_from_env({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4"})
+
+
+def test_no_shard_and_explicit(monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert parse_shard(None, use_env=False) is None
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("0/3", "4/3", "x"):
+        with pytest.raises(UsageError):
+            parse_shard(bad)
+    ids = [f"r{i}" for i in range(300)]
+    parts = [[r for r in ids if in_shard(r, (k, 3))] for k in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(ids) and all(parts)
+    assert shard_path("emb.parquet", (1, 4)) == "emb.shard1of4.parquet"
