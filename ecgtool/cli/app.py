@@ -117,9 +117,10 @@ class EcgtoolGroup(TyperGroup):
 
 
 def _quiet_broken_pipe() -> None:
-    """Downstream closed the pipe (… | head): stop quietly, as cat does."""
+    """Downstream closed the pipe (… | head): stop quietly, as cat does (-v says so)."""
     import os
 
+    log.debug("output stopped early: the reading end of the pipe was closed")
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

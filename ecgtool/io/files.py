@@ -54,6 +54,10 @@ class AtomicOutput:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
+        if self.path.endswith((os.sep, "/")):  # a trailing slash names a folder
+            folder = Path(self.path)
+            raise UsageError(f"{self.path} is a folder{'' if folder.is_dir() else ', and it does not exist'}",
+                             "give a file name (folders are not created: make it first with mkdir)")
         target = Path(os.path.realpath(self.path))  # a symlink is written through
         self.target = target
         self._tmp: str | None = None
@@ -68,7 +72,8 @@ class AtomicOutput:
             self._mode = None
             return
         if not target.parent.is_dir():
-            raise UsageError(f"{self.path}: folder {target.parent} does not exist")
+            raise UsageError(f"{self.path}: folder {target.parent} does not exist",
+                             "folders are not created: make it first (mkdir -p), or write elsewhere")
         self._mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
         with no_interruption():
             fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)

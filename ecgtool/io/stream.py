@@ -420,15 +420,16 @@ def choose_format(dest: str | os.PathLike, fmt: str | None) -> str:
     if d == "-":
         return "arrow"
     ext = Path(d).suffix.lower()
-    return {
-        ".parquet": "parquet",
-        ".pq": "parquet",
-        ".arrow": "arrow",
-        ".arrows": "arrow",
-        ".ipc": "arrow",
-        ".feather": "arrow",
-        ".npz": "npz",
-    }.get(ext, "parquet")
+    if ext and ext not in TABLE_EXTENSIONS:
+        raise UsageError(f"{d}: '{ext}' is not a table format ecgtool writes (.parquet, .arrow, .arrows, .npz)",
+                         f"name it {Path(d).with_suffix('.parquet').name}, or keep the name with -O parquet|arrow|npz")
+    return TABLE_EXTENSIONS.get(ext, "parquet")
+
+
+# Output extensions. An Arrow file on disk is the IPC *file* format (what .arrow / .feather mean to
+# polars, pandas and DuckDB); pipes and .arrows files get the IPC stream format.
+TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".arrows": "arrow",
+                    ".ipc": "arrow", ".feather": "arrow", ".npz": "npz"}
 
 
 def _leaf_paths(field: pa.Field) -> list[str]:
@@ -510,7 +511,11 @@ class TableWriter:
             dict_cols = [path for f in self.schema if f.name not in plain for path in _leaf_paths(f)]
             self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression, use_dictionary=dict_cols)
         elif self.format == "arrow":
-            self._w = ipc.new_stream(self._fh, self.schema)
+            regular_file = self._out is not None and self._out._tmp is not None
+            if regular_file and Path(self.dest).suffix.lower() != ".arrows":
+                self._w = ipc.new_file(self._fh, self.schema)
+            else:
+                self._w = ipc.new_stream(self._fh, self.schema)
         else:
             self._w = None
             self._npz: list[pa.RecordBatch] = []

@@ -93,6 +93,9 @@ def load_file(path: str | Path, **overrides: Any) -> tuple[torch.nn.Module, list
                               "import released files with 'ecgtool models import'; ecgtool's own checkpoints carry "
                               "their metadata")
     if kind in ("torch", "unknown"):
+        damaged = FileInfo(path).damaged
+        if damaged:
+            raise CheckpointError(f"{path}: a PyTorch file, but {damaged}", "download it again")
         raise _unknown_file(path, kind)
     model, lines = _importer(kind).load(path, **overrides)
     return model, list(lines), kind

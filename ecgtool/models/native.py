@@ -67,7 +67,6 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, **extra: Any) -> P
     except TypeError as exc:
         raise UsageError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, save(tensors, metadata={META_KEY: text}))
     return path
 

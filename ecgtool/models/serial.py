@@ -173,12 +173,20 @@ def safe_load(path: str | os.PathLike, stubs: Iterable[str] = (), mmap: bool | N
     except Exception as exc:  # noqa: BLE001 - every other failure is a damaged file
         text = str(exc).strip().splitlines()
         first = text[0][:200] if text else type(exc).__name__
+        truncated = isinstance(exc, EOFError) or any(w in str(exc).lower() for w in (
+            "ran out of input", "truncated", "unexpected end", "failed finding central directory",
+            "pickle data was truncated"))
+        if truncated:
+            raise CheckpointError(f"{source}: truncated PyTorch checkpoint (it ends early: {first})",
+                                  "download the file again") from None
         raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})",
-                              "the file may be truncated; download it again") from None
+                              "the file may be damaged; download it again") from None
 
 
-def pickle_strings(data: bytes, limit: int = 200_000) -> set[str]:
-    """Unicode strings in a pickle stream, read with pickletools (nothing is executed)."""
+def pickle_strings(data: bytes, limit: int = 200_000, complete: list | None = None) -> set[str]:
+    """Unicode strings in a pickle stream, read with pickletools (nothing is executed).
+
+    ``complete`` (a list) gets False appended when the stream ends before its STOP opcode."""
     import pickletools
 
     found: set[str] = set()
@@ -189,7 +197,8 @@ def pickle_strings(data: bytes, limit: int = 200_000) -> set[str]:
             if i > limit:
                 break
     except Exception:  # noqa: BLE001 - a damaged stream: keep what was read
-        pass
+        if complete is not None:
+            complete.append(False)
     return found
 
 
@@ -288,6 +297,7 @@ class FileInfo:
         self.header: dict | None = None
         self.files: set[str] = set()
         self.zip_names: list[str] = []
+        self.damaged: str | None = None  # why the file cannot be whole (truncated zip or pickle)
         if self.path.is_dir():
             self.kind = "folder"
             self.files = {p.name for p in self.path.iterdir()}
@@ -312,11 +322,14 @@ class FileInfo:
                     else:
                         self.kind = "unknown"
             except (zipfile.BadZipFile, OSError, EOFError):
-                pass  # a damaged torch zip: the importer says what is wrong
+                self.damaged = "a broken zip archive: the file is truncated or damaged"
         elif head[:1] == b"\x80":
             self.kind = "torch"
             with open(self.path, "rb") as f:
-                self.strings = pickle_strings(f.read(64 * 1024 * 1024))
+                ended: list = []
+                self.strings = pickle_strings(f.read(64 * 1024 * 1024), complete=ended)
+            if ended:
+                self.damaged = "its pickle stream ends early: the file is truncated"
 
     @property
     def native(self) -> bool:

@@ -270,8 +270,8 @@ class Loop:
         self.last_checkpoint = ckpt
         if self.dist.is_main:
             self._truncate_log(self.state.step)
-        log.info("resuming from %s (step %d, epoch %d, batch %d)", ckpt, self.state.step, self.state.epoch,
-                 self.state.batch)
+            log.info("resuming from %s (step %d, epoch %d, batch %d)", ckpt, self.state.step, self.state.epoch,
+                     self.state.batch)
 
     def _truncate_log(self, step: int) -> None:
         if not self.log_path.is_file():

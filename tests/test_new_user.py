@@ -1,0 +1,62 @@
+"""What a new user hit (output paths, formats, truncated checkpoints, pipes, resume messages): each fixed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+
+
+def _ecgtool(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "ecgtool", *map(str, args)], capture_output=True, **kw)
+
+
+def _record(data_dir):
+    return data_dir / "ptbxl-500" / "records500" / "00000" / "00001_hr.hea"
+
+
+def test_output_paths_are_never_guessed(data_dir, tmp_path, reference_dir):
+    # a trailing slash names a folder: refused when it does not exist, and nothing is written
+    r = _ecgtool("convert", _record(data_dir), "-o", f"{tmp_path}/newdir/")
+    assert r.returncode == 2 and b"is a folder, and it does not exist" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    # parent folders are not created unasked
+    r = _ecgtool("models", "import", reference_dir / "fixtures" / "ecgfounder" / "12_lead_reduced.pth",
+                 "-o", tmp_path / "nonexistent" / "dir" / "x.safetensors")
+    assert r.returncode == 2 and b"does not exist" in r.stderr and not (tmp_path / "nonexistent").exists()
+    # an extension that is no table format is refused (not Parquet under a .csv name); -O keeps the name
+    r = _ecgtool("convert", _record(data_dir), "-o", tmp_path / "p.csv")
+    assert r.returncode == 2 and b"'.csv' is not a table format" in r.stderr and not (tmp_path / "p.csv").exists()
+    assert _ecgtool("convert", _record(data_dir), "-O", "parquet", "-o", tmp_path / "p.csv").returncode == 0
+    assert (tmp_path / "p.csv").read_bytes()[:4] == b"PAR1"
+
+
+def test_arrow_files_are_the_ipc_file_format(data_dir, tmp_path):
+    """.arrow / .feather on disk are what polars and pandas read as Arrow files; .arrows and pipes are streams."""
+    import pyarrow.feather as feather
+    import pyarrow.ipc as ipc
+
+    assert _ecgtool("convert", _record(data_dir), "-o", tmp_path / "r.arrow").returncode == 0
+    assert (tmp_path / "r.arrow").read_bytes()[:6] == b"ARROW1"
+    assert feather.read_table(tmp_path / "r.arrow").num_rows == 1
+    assert _ecgtool("convert", _record(data_dir), "-o", tmp_path / "r.arrows").returncode == 0
+    assert ipc.open_stream(pa.OSFile(str(tmp_path / "r.arrows"))).read_all().num_rows == 1
+    r = _ecgtool("info", tmp_path / "r.arrow")
+    assert r.returncode == 0 and b"1 rows" in r.stdout
+
+
+def test_truncated_checkpoint_says_truncated(reference_dir, tmp_path):
+    data = (reference_dir / "fixtures" / "ecgfounder" / "12_lead_reduced.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    r = _ecgtool("models", "info", tmp_path / "cut.pth")
+    assert r.returncode == 1 and b"truncated" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_closed_pipe_ends_quietly_and_verbose_says_so(data_dir):
+    heas = sorted((data_dir / "ptbxl-500" / "records500" / "00000").glob("*_hr.hea"))[:20]
+    for verbose in (False, True):
+        cmd = f"{sys.executable} -m ecgtool {'-v ' if verbose else ''}convert {' '.join(map(str, heas))} -o - | head -c 100 > /dev/null"
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True)
+        assert r.returncode == 0, r.stderr
+        assert (b"output stopped early" in r.stderr) == verbose
