@@ -86,6 +86,16 @@ def test_family_through_the_commands(name, raw, tmp_path):
     groups = report["lr_groups"]
     assert groups["head"]["lr"] == pytest.approx(1e-3) and groups["upper"]["lr"] == pytest.approx(1e-4)
     assert groups["lower"]["lr"] == pytest.approx(1e-5)
+    # the finetuned model is named as itself, with the model it came from as its base
+    r = _ecgtool("-q", "predict", "-m", tmp_path / "ft.safetensors", seg, "-o", tmp_path / "pred_ft.parquet")
+    assert r.returncode == 0, r.stderr.decode()
+    from ecgtool.io import read_table
+    from ecgtool.models.native import read_metadata
+
+    _, meta = read_table(str(tmp_path / "pred_ft.parquet"))
+    assert meta.info["model"] == "ft.safetensors"
+    prov = read_metadata(tmp_path / "ft.safetensors")["provenance"]
+    assert prov["source"] == "ft.safetensors" and prov["base"]["spec"] == str(ckpt)
     # saliency: integrated gradients for every family, attention where the family has it
     methods = ["gradient"] + (["attention"] if model.has(ATTENTION) else [])
     for method in methods:

@@ -9,6 +9,7 @@ segments back into records, and write one row per record (``pool`` /
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -48,6 +49,10 @@ class RunStats:
 
 
 def model_name(model: torch.nn.Module) -> str:
+    """The checkpoint file the model was loaded from, else its provenance's source or registry name."""
+    loaded = getattr(model, "checkpoint_path", None)
+    if loaded:
+        return Path(loaded).name
     prov = (getattr(model, "extra", None) or {}).get("provenance") or {}
     return str(prov.get("source") or prov.get("random_init") or getattr(model, "name", None) or model.family)
 

@@ -116,6 +116,7 @@ def load_model(spec: str | Path, *, allow_random: bool = False, device: str | to
     path = Path(text).expanduser()
     if path.is_file() or (path.is_dir() and FileInfo(path).kind == "folder" and sniff(path) != "unknown"):
         model = load_file(path, **overrides)[0]
+        model.checkpoint_path = str(path)  # what commands name as "the model" (not stored in checkpoints)
     elif path.is_dir():
         raise InputError(f"{path}: is a directory, not a checkpoint (nor a model folder ecgtool reads)")
     else:

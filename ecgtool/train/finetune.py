@@ -533,8 +533,10 @@ class Finetuner:
             zt, yt = self.record_level(self.test_idx)
             report["test"] = macro_scores(yt, self.scores(zt, temp), self.multiclass)
         if self.dist.is_main:
-            prov = dict((self.model.extra or {}).get("provenance") or {})
-            prov.update(trained_by="ecgtool finetune", base=str(self.model_spec), from_scratch=report["from_scratch"])
+            base = dict((self.model.extra or {}).get("provenance") or {})
+            # this checkpoint's own provenance, with the model it was finetuned from as its base (a chain)
+            prov = {"source": Path(self.output).name, "importer": None, "trained_by": "ecgtool finetune",
+                    "base": {"spec": str(self.model_spec), **base}, "from_scratch": report["from_scratch"]}
             save_checkpoint(self.model, self.output, thresholds=thresholds, temperature=temp, provenance=prov,
                             task="multiclass" if self.multiclass else "multilabel",
                             training={"task": self.cfg.task, "mode": self.cfg.mode, "data": self.data.name,
