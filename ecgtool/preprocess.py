@@ -202,6 +202,11 @@ def make_config(preset: str | None = None, filter: str | None = None, **override
             for k in ("notch", "notch_q", "bandpass", "filter_order", "baseline", "baseline_window_s"):
                 base[k] = eg[k]
     names = {f.name for f in fields(PreprocessConfig)}
+    # a window given explicitly replaces the preset's: --segment instead of ECGFounder's --length 10, and back
+    if overrides.get("segment_s") is not None:
+        base["length_s"] = None
+    if overrides.get("length_s") is not None:
+        base["segment_s"] = None
     for k, v in overrides.items():
         if k not in names:
             raise TypeError(f"unknown preprocess setting {k!r}")
@@ -257,6 +262,8 @@ class Preprocessor:
         self.records_out = 0
         self.rows_out = 0
         self.dropped: dict[str, int] = {}
+        self.cropped = 0  # records longer than --length, of which only one window was kept
+        self._crop_told = False
 
     # -- targets -------------------------------------------------------------------
     def _window(self, fs: float) -> int | None:
@@ -519,6 +526,14 @@ class Preprocessor:
         else:
             self.n_samples = win
             if c.segment_s is None:
+                if t > win:
+                    self.cropped += len(x)
+                    if not self._crop_told:
+                        self._crop_told = True
+                        log.warning("records longer than %g s keep only their %s %g s (--length %g, --crop %s); "
+                                    "to keep all of a record, cut it into windows with --segment %g instead",
+                                    c.length_s, "first" if c.crop == "start" else "central", c.length_s,
+                                    c.length_s, c.crop, c.length_s)
                 out = G.crop_or_pad(x, win, c.crop)
                 seg = np.zeros(len(x), dtype=np.int32)
                 rowpos = pos
@@ -576,6 +591,8 @@ class Preprocessor:
     def summary(self) -> str:
         what = "segments" if self.cfg.segment_s is not None else "rows"
         msg = f"{self.records_in} records in, {self.rows_out} {what} out from {self.records_out} records"
+        if self.cropped:
+            msg += f"; {self.cropped} cropped to {self.cfg.length_s:g} s"
         if self.dropped:
             msg += "; dropped: " + ", ".join(f"{v} ({k})" for k, v in sorted(self.dropped.items()))
         return msg

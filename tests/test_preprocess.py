@@ -250,8 +250,11 @@ def test_options_override_preset_and_bad_options():
     cfg = make_config("ecgfounder", filter="none", notch=60.0)
     assert cfg.bandpass is None and cfg.baseline == "none" and cfg.notch == 60.0
     assert make_config("ecgfounder", bandpass=False).bandpass is None
+    # an explicit window replaces the preset's; both given explicitly exclude each other
+    cfg = make_config("ecg-fm", length_s=10.0)
+    assert cfg.length_s == 10.0 and cfg.segment_s is None
     with pytest.raises(UsageError):
-        make_config("ecg-fm", length_s=10.0)
+        make_config("ecg-fm", length_s=10.0, segment_s=5.0)
     with pytest.raises(UsageError):
         make_config(normalisation="minmax")
     with pytest.raises(UsageError):
@@ -397,3 +400,17 @@ def test_numbered_ecg_channels_are_not_einthoven_leads():
     from ecgtool.signal.leads import normalize_leads
 
     assert normalize_leads(["ECG 1", "ECG2", "ECG I", "ecg-ii", "MLII"]) == ["ECG 1", "ECG2", "I", "II", "II"]
+
+
+def test_long_records_cropped_by_a_preset_are_said_and_segment_keeps_them(data_dir, tmp_path, cli):
+    """CPSC 2021 records (41-519 s) under --preset ecgfounder: the crop to 10 s is said; --segment 10 keeps all."""
+    rec = tmp_path / "rec.parquet"
+    heas = sorted((data_dir / "cpsc2021-sample").glob("*.hea"))[:3]
+    assert cli(["convert", *heas, "-o", rec]).exit_code == 0
+    r = cli(["preprocess", "--preset", "ecgfounder", rec, "-o", tmp_path / "one.parquet"])
+    assert r.exit_code == 0 and "keep only their first 10 s" in r.stderr and "3 cropped to 10 s" in r.stderr
+    r = cli(["preprocess", "--preset", "ecgfounder", "--segment", "10", rec, "-o", tmp_path / "all.parquet"])
+    assert r.exit_code == 0, r.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_metadata(tmp_path / "all.parquet").num_rows > 3 * 4
