@@ -88,9 +88,8 @@ def test_png_layout_has_room_for_text_and_peaks(data_dir, leads):
     # a one-lead strip used to put the title over the subtitle, cut the colour bar's
     # labels off and clip R waves at the top of the paper
     import wfdb
-    from matplotlib.collections import LineCollection
 
-    from ecgtool.analysis.ecgplot import CLIP_MV, saliency_figure
+    from ecgtool.analysis.ecgplot import CLIP_MV, TRACE_COLOR, saliency_figure
 
     rec = wfdb.rdrecord(str(data_dir / "ludb" / "data" / "1"), channel_names=leads)
     x = rec.p_signal.T.astype(np.float32)
@@ -113,48 +112,69 @@ def test_png_layout_has_room_for_text_and_peaks(data_dir, leads):
         paper = fig.axes[0]
         assert not title.overlaps(paper.get_window_extent(r)) and not subtitle.overlaps(paper.get_window_extent(r))
         lo, hi = paper.get_ylim()
-        ys = np.concatenate([seg[:, 1] for c in paper.collections if isinstance(c, LineCollection)
-                             for seg in c.get_segments()])
+        traces = [ln for ln in paper.lines if ln.get_color() == TRACE_COLOR]
+        assert traces and all(ln.get_color() == TRACE_COLOR for ln in traces)  # the trace is always dark
+        ys = np.concatenate([ln.get_ydata() for ln in traces])
         peak = ys.max()
         assert lo <= ys.min() and peak <= hi  # no trace leaves the paper
         assert peak - ys.min() > 1.0  # the real QRS complexes are drawn
         assert peak < hi - 0.1 or peak - ys.min() >= CLIP_MV  # not cut flat by the paper's edge
+        assert len(paper.images) == len(traces) + (1 if len(traces) == 13 else 0) or len(paper.images) >= 1
     finally:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
 
 
-def test_png_of_a_long_record_is_squeezed_honestly(data_dir):
-    # a 10-min CPSC 2021 record: the picture cannot be 25 mm/s, so it says its real
-    # speed, spaces its grid out, and draws each trace as a min/max envelope that keeps
-    # every peak (instead of 3 million line segments)
+def test_long_records_are_pages_at_25_mm_per_s(data_dir, tmp_path):
+    # a 10-min CPSC 2021 record used to be one line at 0.35 mm/s: now pages of 10 s at 25 mm/s,
+    # the most salient six of them, each trace an envelope that keeps every peak
+    import matplotlib.pyplot as plt
     import wfdb
-    from matplotlib.collections import LineCollection
+    from PIL import Image
 
-    from ecgtool.analysis.ecgplot import CLIP_MV, saliency_figure
+    from ecgtool.analysis.ecgplot import CLIP_MV, TRACE_COLOR, plot_saliency, saliency_figure
 
     rec = wfdb.rdrecord(str(data_dir / "cpsc2021-sample" / "data_84_1"))
     x = rec.p_signal.T.astype(np.float32)
-    sal = np.linspace(0, 1, x.shape[1], dtype=np.float32)[None].repeat(x.shape[0], 0)
-    fig = saliency_figure(x, sal, rec.fs, rec.sig_name, title="data_84_1", subtitle="gradient saliency")
+    n = x.shape[1]
+    sal = np.zeros_like(x)
+    hot = slice(int(300 * rec.fs), int(310 * rec.fs))  # the salient 10 s: page 31
+    sal[:, hot] = 1.0
+    paths = plot_saliency(x, sal, rec.fs, rec.sig_name, tmp_path / "r.png", title="data_84_1")
+    assert n / rec.fs > 60 and len(paths) == 6 and (tmp_path / "r.p31.png") in paths
+    last = f"r.p{int(np.ceil(n / (10 * rec.fs))):02d}.png"  # the final page may be shorter than 10 s
+    widths = {Image.open(p).size[0] for p in paths if p.name != last}
+    assert len(widths) == 1  # every full page the same paper width: 25 mm/s
+    fig = saliency_figure(x[:, hot], sal[:, hot], rec.fs, rec.sig_name, subtitle="page 31 of 52", t0=300.0)
     try:
-        import matplotlib.pyplot as plt
-
         paper = fig.axes[0]
-        seconds = x.shape[1] / rec.fs
-        assert seconds > 60 and paper.mm_per_s < 25
-        assert f"{paper.mm_per_s:.2g} mm/s" in fig.texts[-1].get_text()
-        traces = [c for c in paper.collections if isinstance(c, LineCollection) and c.get_array() is not None]
-        grid = [c for c in paper.collections if c not in traces]
-        assert len(traces) == 2 and sum(len(c.get_segments()) for c in grid) < 2000
-        px = paper.get_position().width * fig.bbox.width
-        for r, c in enumerate(traces):
-            segs = np.asarray(c.get_segments())
-            assert len(segs) <= 4 * px + 4 < x.shape[1]
+        assert abs(paper.mm_per_s - 25.0) < 0.01 and "25 mm/s" in fig.texts[-1].get_text()
+        traces = [ln for ln in paper.lines if ln.get_color() == TRACE_COLOR]
+        assert len(traces) == 2
+        for r, ln in enumerate(traces):
             base = 1.5 * 3.0 if r == 0 else 0.5 * 3.0  # row centres (ROW_MV = 3) from the top
-            y = np.clip(x[r] - np.median(x[r]), -CLIP_MV, CLIP_MV)
-            np.testing.assert_allclose(segs[:, :, 1].max() - base, y.max(), atol=1e-5)
-            np.testing.assert_allclose(segs[:, :, 1].min() - base, y.min(), atol=1e-5)
+            y = np.clip(x[r, hot] - np.median(x[r, hot]), -CLIP_MV, CLIP_MV)
+            np.testing.assert_allclose(ln.get_ydata().max() - base, y.max(), atol=1e-5)
+            np.testing.assert_allclose(ln.get_ydata().min() - base, y.min(), atol=1e-5)
     finally:
         plt.close(fig)
+
+
+def test_single_lead_record_draws_only_its_lead(data_dir, tmp_path):
+    """CinC 2017 A00001 (30 s, lead I) zero-filled to 12 leads for a model: one row per page, 3 pages."""
+    import wfdb
+    from PIL import Image
+
+    from ecgtool.analysis.ecgplot import plot_saliency
+
+    rec = wfdb.rdrecord(str(data_dir / "cinc2017" / "A00001"))
+    one = rec.p_signal.T.astype(np.float32)[0]
+    x = np.zeros((12, one.size), dtype=np.float32)
+    x[0] = one
+    sal = np.abs(x) / np.abs(x).max()
+    paths = plot_saliency(x, sal, rec.fs, ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5",
+                                           "V6"], tmp_path / "A00001.png")
+    assert [p.name for p in paths] == ["A00001.p01.png", "A00001.p02.png", "A00001.p03.png"]
+    w, h = Image.open(paths[0]).size
+    assert h < w / 3  # one lead row, not twelve
