@@ -637,7 +637,7 @@ def preprocess_table(
     def open_writer():
         schema = pre.output_schema(reader.schema)
         meta = pre.output_meta(reader.meta).add_step(argv)
-        return TableWriter(dest, schema, meta, fmt=fmt, background=True)
+        return TableWriter(dest, schema, meta, fmt=fmt, background=True, errors=pre.errors)
 
     try:
         for batch in batches if batches is not None else reader:

@@ -60,3 +60,17 @@ def test_closed_pipe_ends_quietly_and_verbose_says_so(data_dir):
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True)
         assert r.returncode == 0, r.stderr
         assert (b"output stopped early" in r.stderr) == verbose
+
+
+def test_a_run_where_every_record_fails_writes_nothing(data_dir, tmp_path):
+    rec = tmp_path / "r.parquet"
+    assert _ecgtool("convert", _record(data_dir), "-o", rec).returncode == 0
+    r = _ecgtool("preprocess", "--fs", "500", "--segment", "20", rec, "-o", tmp_path / "q.parquet")
+    assert r.returncode == 1 and b"nothing written" in r.stderr and b"shorter than one 20 s window" in r.stderr
+    assert not (tmp_path / "q.parquet").exists()
+    # a run where some records fail still writes the others (exit 3)
+    short = tmp_path / "mix.parquet"
+    heas = [_record(data_dir), data_dir / "cinc2017" / "A00001.hea"]
+    assert _ecgtool("convert", *heas, "-o", short).returncode == 0
+    r = _ecgtool("preprocess", "--fs", "500", "--segment", "20", "--leads", "I", short, "-o", tmp_path / "q2.parquet")
+    assert r.returncode == 3 and (tmp_path / "q2.parquet").exists()

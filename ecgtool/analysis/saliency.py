@@ -139,7 +139,7 @@ def saliency_table(
     ])
     meta = reader.meta.derive(kind="saliency", model=model_name(model), method=method,
                               contract=c.to_dict()).add_step(argv)
-    writer = TableWriter(dest, schema, meta, fmt=fmt)
+    writer = TableWriter(dest, schema, meta, fmt=fmt, errors=errors)
     grouper = RecordGrouper()
     rows = 0
     png = Path(png_dir) if png_dir else None

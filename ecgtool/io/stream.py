@@ -470,7 +470,10 @@ class TableWriter:
         row_group_size: int = PARQUET_ROW_GROUP,
         compression: str = "zstd",
         background: bool = False,
+        errors=None,
     ):
+        # errors (a RecordErrors): when every record failed and no row was written, close() leaves no file
+        self._errors = errors
         self.dest = str(dest)
         self._pool = None
         self._queued: deque = deque()
@@ -577,6 +580,12 @@ class TableWriter:
         """Finish the file and move it into place (or remove it if finishing fails)."""
         if self._closed:
             return
+        if self.rows == 0 and self._errors is not None and self._errors.count:
+            self.abort()
+            n = self._errors.count
+            raise InputError(f"nothing written to {self.dest}: {'the' if n == 1 else f'all {n}'} "
+                             f"record{'s' if n != 1 else ''} failed",
+                             "the lines above name each record and its cause")
         try:
             self._finish()
         except BaseException:

@@ -61,7 +61,7 @@ class _Output:
     """Builds output rows (per window or per record) and writes them."""
 
     def __init__(self, reader: TableReader, dest: str, fmt: str | None, meta: S.TableMeta, pool: str,
-                 new_fields: list[pa.Field]):
+                 new_fields: list[pa.Field], errors: RecordErrors | None = None):
         if pool not in POOLS:
             raise UsageError(f"--pool/--aggregate must be one of {', '.join(POOLS)}, not {pool!r}")
         self.pool = pool
@@ -73,7 +73,7 @@ class _Output:
             fields.insert(1 if fields and fields[0].name == S.RECORD_ID else 0, pa.field(S.SEGMENT, pa.int32()))
         self.keep = [f.name for f in keep if not (pool == "none" and f.name == S.SEGMENT)]
         self.schema = pa.schema(fields + new_fields)
-        self.writer = TableWriter(dest, self.schema, meta, fmt=fmt)
+        self.writer = TableWriter(dest, self.schema, meta, fmt=fmt, errors=errors)
         self.grouper = RecordGrouper()
         self.rows = 0
 
@@ -181,7 +181,7 @@ def embed_table(
     meta = reader.meta.derive(kind="embeddings", model=model_name(model), contract=model.contract.to_dict(),
                               embedding={"dim": dim, "pool": pool, "layer": layer, "local": local,
                                          "precision": precision}).add_step(argv)
-    out = _Output(reader, dest, fmt, meta, pool, new)
+    out = _Output(reader, dest, fmt, meta, pool, new, errors)
 
     def finish(flat, groups):
         if flat is not None:
@@ -269,7 +269,7 @@ def predict_table(
     meta = reader.meta.derive(kind="predictions", model=model_name(model), contract=model.contract.to_dict(),
                               label_names=names, thresholds=thresholds.tolist(), temperature=temperature,
                               task=task, aggregate=aggregate).add_step(argv)
-    out = _Output(reader, dest, fmt, meta, aggregate, new)
+    out = _Output(reader, dest, fmt, meta, aggregate, new, errors)
     return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
 
 
