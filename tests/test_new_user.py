@@ -74,3 +74,14 @@ def test_a_run_where_every_record_fails_writes_nothing(data_dir, tmp_path):
     assert _ecgtool("convert", *heas, "-o", short).returncode == 0
     r = _ecgtool("preprocess", "--fs", "500", "--segment", "20", "--leads", "I", short, "-o", tmp_path / "q2.parquet")
     assert r.returncode == 3 and (tmp_path / "q2.parquet").exists()
+
+
+def test_verbosity_flags_after_the_command(data_dir, tmp_path):
+    rec = tmp_path / "r.parquet"
+    loud = _ecgtool("convert", _record(data_dir), "-o", rec)
+    quiet = _ecgtool("convert", _record(data_dir), "-o", rec, "-q")
+    assert quiet.returncode == 0 and b"converted 1 of 1" in loud.stderr and quiet.stderr == b""
+    from ecgtool.cli.app import EcgtoolGroup
+
+    assert EcgtoolGroup.hoist_global_flags(["info", "-v", "x"]) == ["-v", "info", "x"]
+    assert EcgtoolGroup.hoist_global_flags(["info", "--", "-v"]) == ["info", "--", "-v"]

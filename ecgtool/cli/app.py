@@ -75,12 +75,32 @@ def _handle_sigterm() -> None:
 class EcgtoolGroup(TyperGroup):
     """Turns library errors into one-line messages and exit codes."""
 
+    GLOBAL_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
+
+    @classmethod
+    def hoist_global_flags(cls, args: list[str]) -> list[str]:
+        """``ecgtool info -v x`` means ``ecgtool -v info x``: -v/-q given after the command move to the front
+        (up to a ``--``, after which everything is an argument)."""
+        front, rest, seen_command = [], [], False
+        for i, tok in enumerate(args):
+            if tok == "--":
+                rest.extend(args[i:])
+                break
+            if seen_command and tok in cls.GLOBAL_FLAGS:
+                front.append(tok)
+                continue
+            if not tok.startswith("-"):
+                seen_command = True
+            rest.append(tok)
+        return front + rest
+
     def main(self, args=None, prog_name=None, *a, **kw):
         # Commands record their command line (sys.argv) in the tables they write;
         # when the app is called in-process with explicit args, those are the command line.
         saved = sys.argv
         if args is not None:
             sys.argv = ["ecgtool", *map(str, args)]
+        args = self.hoist_global_flags(list(map(str, args)) if args is not None else sys.argv[1:])
         _handle_sigterm()
         try:
             return super().main(args, prog_name, *a, **kw)
