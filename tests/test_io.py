@@ -328,3 +328,23 @@ def test_non_numeric_fs_is_named(tmp_path, cli):
         res = cli([*args, tmp_path / "bad.parquet"])
         assert res.exit_code == 1
         assert "column 'fs' holds string, not numbers" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_folder_or_glob_of_part_files_reads_as_one_table(data_dir, tmp_path, cli):
+    from ecgtool.io import open_table
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    heas = sorted((data_dir / "ptbxl-500" / "records500" / "00000").glob("*_hr.hea"))[:3]
+    for k, hea in enumerate(heas):
+        assert cli(["convert", hea, "-o", parts / f"part{k}.parquet"]).exit_code == 0
+    for src in (parts, str(parts / "part*.parquet"), [parts / "part0.parquet", parts / "part2.parquet"]):
+        with open_table(src) as r:
+            ids = [i for b in r for i in b.column("record_id").to_pylist()]
+        assert ids == ([h.name[:-4] for h in heas] if not isinstance(src, list) else [heas[0].name[:-4], heas[2].name[:-4]])
+    r = cli(["info", parts])
+    assert r.exit_code == 0 and "3 rows" in r.stdout
+    # parts of another kind are refused, naming the part
+    assert cli(["preprocess", "--preset", "ecg-fm", parts / "part0.parquet", "-o", parts / "seg.parquet"]).exit_code == 0
+    r = cli(["info", parts])
+    assert r.exit_code == 1 and "seg.parquet" in r.stderr and "columns differ" in r.stderr

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import logging
 import sys
 import tempfile
 import threading
@@ -33,6 +34,8 @@ from ecgtool.errors import InputError, UsageError
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 from ecgtool.io.files import AtomicOutput, no_interruption
+
+log = logging.getLogger("ecgtool")
 
 OUTPUT_FORMATS = ("parquet", "arrow", "npz")
 DEFAULT_BATCH_SIZE = 64
@@ -254,7 +257,108 @@ class TableReader:
         self.close()
 
 
-def open_table(src: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1) -> TableReader:
+TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".arrows", ".ipc", ".feather", ".npz")
+
+
+def table_parts(src) -> list[str] | None:
+    """The part files ``src`` stands for when it is several tables read as one: a list of paths, a
+    folder (its table files, sorted by name) or a glob pattern; None for one file or ``-``."""
+    import glob
+
+    if isinstance(src, (list, tuple)):
+        paths: list[str] = []
+        for item in src:
+            paths.extend(table_parts(item) or [str(item)])
+        return paths
+    text = str(src)
+    if text == "-":
+        return None
+    p = Path(text)
+    if p.is_dir():
+        parts = sorted(str(q) for q in p.iterdir() if q.is_file() and q.suffix.lower() in TABLE_SUFFIXES
+                       and not q.name.startswith("."))
+        if not parts:
+            raise InputError(f"{src}: a folder without table files (.parquet, .arrow, .npz)",
+                             "to read raw ECG files, use 'ecgtool convert'")
+        return parts
+    if not p.exists() and any(c in text for c in "*?["):
+        parts = sorted(glob.glob(text))
+        if not parts:
+            raise InputError(f"{src}: no file matches this pattern")
+        return parts
+    return None
+
+
+class PartsReader:
+    """Several tables (shards, part files) read one after another as one table.
+
+    Every part must have the first one's columns and types; ``meta`` is the first's."""
+
+    def __init__(self, parts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1):
+        if not parts:
+            raise InputError("no input tables")
+        self.parts = list(parts)
+        self.batch_size, self.threads = batch_size, threads
+        self.name = f"{parts[0]} (+{len(parts) - 1} more)" if len(parts) > 1 else parts[0]
+        first = TableReader(parts[0], batch_size=batch_size, threads=threads)
+        self._current = first
+        self.schema, self.meta, self.format = first.schema, first.meta, first.format
+        self._plain = first.schema.remove_metadata()
+        rows = []
+        for path in parts:
+            n = _parquet_rows(path)
+            rows.append(n)
+        self.num_rows = sum(rows) if all(n is not None for n in rows) else None
+        if len(parts) > 1:
+            log.info("reading %d tables as one (%s ... %s)", len(parts), parts[0], parts[-1])
+        self._iter = self._batches()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for i, path in enumerate(self.parts):
+            reader = self._current if i == 0 else TableReader(path, batch_size=self.batch_size, threads=self.threads)
+            self._current = reader
+            try:
+                if i and reader.schema.remove_metadata() != self._plain:
+                    diff = sorted(set(map(str, reader.schema.remove_metadata())) ^ set(map(str, self._plain)))
+                    raise InputError(f"{path}: its columns differ from {self.parts[0]}'s ({'; '.join(diff[:4])})",
+                                     "read tables of one kind made by the same steps together")
+                for batch in reader:
+                    yield batch.replace_schema_metadata(self.schema.metadata) if i else batch
+            finally:
+                reader.close()
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self._iter
+
+    def read_all(self) -> pa.Table:
+        return pa.Table.from_batches(list(self._iter), schema=self.schema)
+
+    def close(self) -> None:
+        self._current.close()
+
+    def __enter__(self) -> "PartsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parquet_rows(path: str) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PAR1":
+                return None
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def open_table(src, batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1) -> TableReader:
+    """A reader for one table (a file or ``-``), or for several read as one (a list, a folder of part
+    files, a glob pattern)."""
+    parts = table_parts(src)
+    if parts is not None:
+        return PartsReader(parts, batch_size=batch_size, threads=threads)
     return TableReader(src, batch_size=batch_size, threads=threads)
 
 
