@@ -41,3 +41,21 @@ def test_no_shard_and_explicit(monkeypatch):
     parts = [[r for r in ids if in_shard(r, (k, 3))] for k in (1, 2, 3)]
     assert sorted(sum(parts, [])) == sorted(ids) and all(parts)
     assert shard_path("emb.parquet", (1, 4)) == "emb.shard1of4.parquet"
+
+
+def test_shards_of_preprocess_cover_the_unsharded_run(data_dir, tmp_path, cli):
+    import pyarrow.parquet as pq
+
+    heas = sorted((data_dir / "ptbxl-500" / "records500" / "00000").glob("*_hr.hea"))[:6]
+    rec = tmp_path / "rec.parquet"
+    assert cli(["convert", *heas, "-o", rec]).exit_code == 0
+    assert cli(["preprocess", "--preset", "ecg-fm", rec, "-o", tmp_path / "all.parquet", "--no-shard"]).exit_code == 0
+    for k in (1, 2, 3):
+        r = cli(["preprocess", "--preset", "ecg-fm", rec, "--shard", f"{k}/3", "-o", tmp_path / "seg.parquet"])
+        assert r.exit_code == 0, r.output
+    whole = pq.read_table(tmp_path / "all.parquet").column("record_id").to_pylist()
+    parts = [pq.read_table(tmp_path / f"seg.shard{k}of3.parquet").column("record_id").to_pylist() for k in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(whole)
+    # the parts read back as one table, in one command
+    r = cli(["info", str(tmp_path / "seg.shard*of3.parquet")])
+    assert r.exit_code == 0 and f"{len(whole)} rows" in r.stdout

@@ -48,3 +48,4 @@ Shard = Annotated[
         ".shardKofN, or replaces {shard}). Default: from SLURM_ARRAY_TASK_ID/COUNT when set.",
     ),
 ]
+NoShard = Annotated[bool, typer.Option("--no-shard", help="Ignore SLURM array variables: process every record.")]

@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Input, OnError, Output, OutputFormat
+from ecgtool.cli.options import BatchSize, Input, NoShard, OnError, Output, OutputFormat, Shard
 
 log = logging.getLogger("ecgtool")
 
@@ -72,6 +72,8 @@ def preprocess(
     drop_flagged: Annotated[Optional[str], _opt("--drop-flagged", help="Drop records with these quality flags: nan,flat,clipping,amplitude or all.")] = None,
     precision: Annotated[Optional[str], _opt("--precision", help="Round output samples to float16 or bfloat16 precision (still stored as float32; compresses to about half / 40%). Default float32.")] = None,
     batch_size: BatchSize = 64,
+    shard: Shard = None,
+    no_shard: NoShard = False,
     on_error: OnError = None,
 ) -> None:
     """Resample, filter, normalise and window record tables into fixed-shape model input.
@@ -142,10 +144,13 @@ def preprocess(
         drop_flagged=flags,
         precision=precision,
     )
+    from ecgtool.io.shard import parse_shard, shard_batches, shard_path
+
     errors = record_errors(on_error)
+    sh = parse_shard(shard, use_env=not no_shard)
     with open_table(src, batch_size=batch_size, threads=default_threads()) as reader:
         total = getattr(reader, "num_rows", None)
         batches = progress(reader, total=total, desc="preprocess", unit="rec", count=lambda b: b.num_rows)
-        pre = preprocess_table(reader, output, cfg, fmt=output_format, errors=errors, argv=None,
-                               batches=batches)
+        pre = preprocess_table(reader, shard_path(output, sh), cfg, fmt=output_format, errors=errors, argv=None,
+                               batches=shard_batches(batches, sh))
     finish(errors, pre.summary())

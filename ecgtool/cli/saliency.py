@@ -8,7 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat
+from ecgtool.cli.options import BatchSize, Device, Input, Model, NoShard, OnError, Output, OutputFormat, Shard
 
 
 @app.command("saliency")
@@ -23,12 +23,15 @@ def saliency(
     png: Annotated[Optional[str], typer.Option("--png", help="Folder for one PNG per record (ECG grid paper, trace coloured by saliency).")] = None,
     device: Device = "auto",
     batch_size: BatchSize = 8,
+    shard: Shard = None,
+    no_shard: NoShard = False,
     on_error: OnError = None,
 ) -> None:
     """Saliency per lead for each record, as a table and as PNGs on ECG grid paper.
 
     attention: the last layer's attention, head-averaged, maximum over keys,
-    stretched to the signal (as ECG-FM does; one trace for all leads).
+    stretched to the signal (as ECG-FM does; one trace for all leads, or one
+    per lead for models whose tokens are per-lead patches).
     gradient: integrated gradients of the label's logit (any model, the CNN
     too; one trace per lead). Records longer than the model's window are
     explained window by window and joined.
@@ -44,12 +47,14 @@ def saliency(
     from ecgtool.analysis.saliency import saliency_table
     from ecgtool.cli.common import finish, progress, record_errors
     from ecgtool.cli.modelrun import open_input, open_model
+    from ecgtool.io.shard import parse_shard, shard_batches, shard_path
 
     errors = record_errors(on_error)
+    sh = parse_shard(shard, use_env=not no_shard)
     net, dev = open_model(model, device)
     with open_input(src, batch_size, errors) as reader:
-        rows = saliency_table(reader, output, net, device=dev, label=label, method=method, steps=steps,
-                              batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
-                              argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
-                                                              "saliency", count=lambda b: b.num_rows))
+        batches = progress(reader, getattr(reader, "num_rows", None), "saliency", count=lambda b: b.num_rows)
+        rows = saliency_table(reader, shard_path(output, sh), net, device=dev, label=label, method=method,
+                              steps=steps, batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
+                              argv=sys.argv, batches=shard_batches(batches, sh))
     finish(errors, f"saliency for {rows} records" + (f"; PNGs in {png}" if png else ""))

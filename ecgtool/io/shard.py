@@ -69,6 +69,27 @@ def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
     return zlib.crc32(str(record_id).encode()) % n == k - 1
 
 
+def shard_batches(batches, shard: tuple[int, int] | None):
+    """Only the rows of ``batches`` (Arrow record batches) whose record_id falls in ``shard``."""
+    if shard is None:
+        yield from batches
+        return
+    import pyarrow as pa
+
+    seen = kept = 0
+    for batch in batches:
+        ids = batch.column(batch.schema.get_field_index("record_id")).to_pylist()
+        keep = [i for i, r in enumerate(ids) if in_shard(r, shard)]
+        seen += len(ids)
+        kept += len(keep)
+        if len(keep) == batch.num_rows:
+            yield batch
+        elif keep:
+            yield batch.take(pa.array(keep, type=pa.int64()))
+    if seen and not kept:
+        log.warning("shard %d of %d holds none of the %d input rows: its output is empty", *shard, seen)
+
+
 def shard_path(path: str, shard: tuple[int, int] | None) -> str:
     """``emb.parquet`` -> ``emb.shard1of4.parquet`` (``{shard}`` in the name is replaced instead)."""
     if shard is None or path == "-":
