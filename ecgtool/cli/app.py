@@ -152,7 +152,8 @@ app = typer.Typer(
     cls=EcgtoolGroup,
     name="ecgtool",
     help=(
-        "Command-line toolbox for ECG foundation models (ECG-FM, ECGFounder).\n\n"
+        "Command-line toolbox for ECG foundation models (ECG-CPC, ECG-JEPA, ECGFounder, ECG-FM, MERL, "
+        "HuBERT-ECG, ST-MEM; 'ecgtool models' lists them).\n\n"
         "Commands read and write record tables (Parquet on disk, Arrow IPC on pipes, NPZ for numpy); "
         "'-' means stdin/stdout, so they chain: "
         "ecgtool convert DIR -o - | ecgtool preprocess --preset ecg-fm - -o seg.parquet"
