@@ -205,3 +205,11 @@ def test_non_commercial_weights_say_so_when_loaded(reference_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ecgtool", "models", "info", "ecgfm-base"], capture_output=True,
                        text=True)
     assert "non-commercial" not in r.stderr
+
+
+def test_docs_list_every_preset():
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "preprocessing.md").read_text(encoding="utf-8")
+    for name in presets():
+        assert f"| `{name}` |" in text, f"docs/preprocessing.md does not list preset {name}"
