@@ -320,3 +320,37 @@ def test_reader_error_reaches_the_caller_and_no_output_is_left(ckpts, tmp_path):
         embed_table(r, str(out), model, device=__import__("torch").device("cpu"), batch_size=2,
                     errors=RecordErrors(), batches=broken())
     assert not out.exists() and not list(tmp_path.glob("emb*"))
+
+
+def test_bf16_embeddings_keep_cosine_to_fp32(tmp_path):
+    """--precision auto picks bf16 where the CPU has it; bf16 embeddings of real records stay within
+    cosine 0.999 of fp32 (the bundled model on the bundled PTB-XL records)."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from ecgtool.models.devices import has_bf16
+
+    import torch
+
+    if not has_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
+    from conftest import ROOT
+
+    rec = tmp_path / "rec.parquet"
+    examples = ROOT / "ecgtool" / "data" / "examples" / "ptbxl"
+    assert subprocess.run([sys.executable, "-m", "ecgtool", "-q", "convert", str(examples), "-o", str(rec)]).returncode == 0
+    out = {}
+    for prec in ("fp32", "bf16", "auto"):
+        dest = tmp_path / f"{prec}.parquet"
+        r = subprocess.run([sys.executable, "-m", "ecgtool", "embed", str(rec), "-o", str(dest), "--device", "cpu",
+                            "--precision", prec], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out[prec] = np.asarray(pq.read_table(dest).column("embedding").to_pylist(), dtype=np.float64)
+        if prec == "auto":
+            assert "precision bf16" in r.stderr
+    a, b = out["fp32"], out["bf16"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.999, cos
+    np.testing.assert_array_equal(out["auto"], out["bf16"])

@@ -38,7 +38,7 @@ Model = Annotated[
     typer.Option("-m", "--model", metavar="MODEL", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help="fp32, or bf16 (autocast; on CUDA the fast path).")]
+Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help="auto (bf16 where the CPU has AVX512-BF16/AMX or the GPU has bf16, else fp32; said once), fp32 or bf16 (autocast).")]
 Shard = Annotated[
     Optional[str],
     typer.Option(

@@ -180,7 +180,7 @@ def embed_table(
         new.append(pa.field("local", pa.list_(pa.list_(pa.float32(), dim))))
     meta = reader.meta.derive(kind="embeddings", model=model_name(model), contract=model.contract.to_dict(),
                               embedding={"dim": dim, "pool": pool, "layer": layer, "local": local,
-                                         "precision": precision}).add_step(argv)
+                                         "precision": runner.precision}).add_step(argv)
     out = _Output(reader, dest, fmt, meta, pool, new, errors)
 
     def finish(flat, groups):

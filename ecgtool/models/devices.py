@@ -31,3 +31,32 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
                                  f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return torch.device(spec)
     raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(spec: str | None, device: torch.device) -> str:
+    """``auto`` (bf16 where the hardware has it, fp32 elsewhere; said once), ``fp32`` or ``bf16``."""
+    import logging
+
+    spec = (spec or "auto").lower()
+    if spec in ("fp32", "bf16"):
+        return spec
+    if spec != "auto":
+        raise UsageError(f"--precision {spec!r}: expected auto, fp32 or bf16")
+    choice = "bf16" if has_bf16(device) else "fp32"
+    logging.getLogger("ecgtool").info(
+        "precision %s (auto: %s on this %s)", choice,
+        "it has native bf16" if choice == "bf16" else "no native bf16", "GPU" if device.type == "cuda" else "CPU")
+    return choice

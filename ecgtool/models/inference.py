@@ -37,7 +37,7 @@ from ecgtool.models.contract import InputContract
 log = logging.getLogger("ecgtool")
 
 POOLS = ("mean", "max", "none")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --------------------------------------------------------------------------- adaptation
@@ -232,7 +232,9 @@ class Runner:
             raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
         self.model = model.eval().to(device)
         self.device = device
-        self.precision = precision
+        from ecgtool.models.devices import resolve_precision
+
+        self.precision = resolve_precision(precision, device)
         self.batch_size = batch_size
         from ecgtool.models.base import EcgModel
 
