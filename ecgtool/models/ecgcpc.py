@@ -260,9 +260,16 @@ class HippoKernel(nn.Module):
     def __init__(self, d_model: int, d_state: int, grid_length: int):
         super().__init__()
         self.kernel = NPLRKernel(d_model, d_state, grid_length)
+        self._cache: tuple | None = None  # (key, kernel): reused by inference while the weights stay the same
 
     def forward(self, length: int) -> torch.Tensor:
-        return self.kernel(length)
+        if torch.is_grad_enabled():  # training: always recomputed, gradients flow
+            return self.kernel(length)
+        tensors = list(self.kernel.parameters()) + list(self.kernel.buffers())
+        key = (length, tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in tensors))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.kernel(length))
+        return self._cache[1]
 
 
 class S4Layer(nn.Module):
