@@ -85,3 +85,17 @@ def test_verbosity_flags_after_the_command(data_dir, tmp_path):
 
     assert EcgtoolGroup.hoist_global_flags(["info", "-v", "x"]) == ["-v", "info", "x"]
     assert EcgtoolGroup.hoist_global_flags(["info", "--", "-v"]) == ["info", "--", "-v"]
+
+
+def test_threads_option_anywhere_and_clamped(data_dir, tmp_path):
+    rec = tmp_path / "r.parquet"
+    r = _ecgtool("convert", _record(data_dir), "-o", rec, "-@", "1000")
+    assert r.returncode == 0 and b"--threads 1000: using" in r.stderr
+    r = _ecgtool("-@", "1", "info", rec)
+    assert r.returncode == 0 and b"--threads" not in r.stderr
+    from ecgtool.io.threads import default_threads, set_threads
+
+    try:
+        assert set_threads(0) == 1 and default_threads() == 1
+    finally:
+        set_threads(None)

@@ -76,22 +76,31 @@ class EcgtoolGroup(TyperGroup):
     """Turns library errors into one-line messages and exit codes."""
 
     GLOBAL_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
+    GLOBAL_VALUED = ("-@", "--threads")
 
     @classmethod
     def hoist_global_flags(cls, args: list[str]) -> list[str]:
         """``ecgtool info -v x`` means ``ecgtool -v info x``: -v/-q given after the command move to the front
         (up to a ``--``, after which everything is an argument)."""
         front, rest, seen_command = [], [], False
-        for i, tok in enumerate(args):
+        i = 0
+        while i < len(args):
+            tok = args[i]
             if tok == "--":
                 rest.extend(args[i:])
                 break
             if seen_command and tok in cls.GLOBAL_FLAGS:
                 front.append(tok)
-                continue
-            if not tok.startswith("-"):
-                seen_command = True
-            rest.append(tok)
+            elif seen_command and tok in cls.GLOBAL_VALUED and i + 1 < len(args):
+                front.extend(args[i:i + 2])
+                i += 1
+            elif seen_command and (tok.startswith("--threads=") or (tok.startswith("-@") and len(tok) > 2)):
+                front.append(tok)
+            else:
+                if not tok.startswith("-"):
+                    seen_command = True
+                rest.append(tok)
+            i += 1
         return front + rest
 
     def main(self, args=None, prog_name=None, *a, **kw):
@@ -181,6 +190,9 @@ def _version(value: bool) -> None:
 def _main(
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log lines; tracebacks on errors."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors on stderr; no progress bar."),
+    threads: int = typer.Option(None, "-@", "--threads", metavar="N", help="Threads for every command's work "
+                                "(reading, filters, Parquet encoding, the model on a CPU); default: the usable "
+                                "cores (at most 8 for reading). Also accepted after the command."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -188,3 +200,6 @@ def _main(
     state.verbose = verbose
     state.quiet = quiet
     setup_logging(verbose, quiet)
+    from ecgtool.io.threads import set_threads
+
+    set_threads(threads)

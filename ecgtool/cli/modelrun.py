@@ -23,6 +23,12 @@ def open_model(spec: str | None, device: str, allow_random: bool = False):
             raise UsageError("no model given", "pass -m CHECKPOINT (see 'ecgtool models')")
         spec = str(path)
     dev = resolve_device(device)
+    from ecgtool.io.threads import chosen_threads
+
+    if chosen_threads() is not None:
+        import torch
+
+        torch.set_num_threads(chosen_threads())
     model = load_model(spec, allow_random=allow_random, device=dev)
     return model, dev
 
@@ -36,8 +42,12 @@ def open_input(src: str, batch_size: int, errors=None):
     from ecgtool.io.stream import sniff
     from ecgtool.io.threads import default_threads
 
+    from ecgtool.io.stream import TABLE_SUFFIXES
+
     p = Path(src)
-    if src != "-" and (p.is_dir() or (p.is_file() and sniff(_head(p)) in (None, "npy"))):
+    tables_only = p.is_dir() and any(q.suffix.lower() in TABLE_SUFFIXES for q in p.iterdir()) and not any(
+        q.suffix.lower() in (".hea", ".xml", ".dcm", ".csv", ".npy", ".mat", ".edf", ".scp") for q in p.iterdir())
+    if src != "-" and not tables_only and (p.is_dir() or (p.is_file() and sniff(_head(p)) in (None, "npy"))):
         from ecgtool.convert import RecordsReader
 
         return RecordsReader([src], batch_size, errors)

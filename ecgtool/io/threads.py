@@ -31,13 +31,49 @@ class _Raised:
         self.exc = exc
 
 
-def default_threads(limit: int = 8) -> int:
-    """Threads for parallel decoding: the usable cores, at most ``limit``."""
+_CHOSEN: int | None = None  # -@/--threads, when given
+
+
+def usable_cores() -> int:
     try:
-        n = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(limit, n))
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None) -> int | None:
+    """``-@/--threads N``: the threads every command uses (readers, filters, Parquet encoding, torch).
+    0 or more than the usable cores is clamped, with a note. Returns the value in force."""
+    global _CHOSEN
+    if n is None:
+        _CHOSEN = None
+        return None
+    import logging
+
+    cores = usable_cores()
+    m = min(max(1, int(n)), cores)
+    if m != n:
+        logging.getLogger("ecgtool").warning("--threads %d: using %d (this machine lets the command use %d core%s)",
+                                             n, m, cores, "s" if cores != 1 else "")
+    _CHOSEN = m
+    try:
+        import pyarrow as pa
+
+        pa.set_cpu_count(m)
+        pa.set_io_thread_count(max(1, m))
+    except Exception:  # noqa: BLE001 - an old pyarrow: its own default stays
+        pass
+    return m
+
+
+def chosen_threads() -> int | None:
+    return _CHOSEN
+
+
+def default_threads(limit: int = 8) -> int:
+    """Threads for parallel work: ``--threads`` when given, else the usable cores, at most ``limit``."""
+    n = _CHOSEN if _CHOSEN is not None else usable_cores()
+    return max(1, min(limit, n)) if _CHOSEN is None else _CHOSEN
 
 
 def background(items: Iterable[T], depth: int = 2, name: str = "ecgtool-prefetch") -> Iterator[T]:
