@@ -11,6 +11,14 @@ The steps, each usable on its own:
   ``batch_size``, and yields Arrow record batches in input order (the output
   is the same whatever the number of workers) together with per-record
   errors and warnings.
+* Each file's format is sniffed from its content during discovery
+  (:func:`ecgtool.formats.scan_format`): a folder scan takes the files that
+  are records whatever their names, and the table gets the metadata columns
+  of the formats met (``patient_id``, ``device``, ``annotations``, ...).
+  Archive layouts (MIMIC-IV-ECG's ``record_list.csv``, CODE-15's HDF5 files
+  and ``exams.csv``; :mod:`ecgtool.formats.archives`) give items with the
+  archive's ids, one per ECG, and their CSV tables are joined like ``--join``
+  tables.
 * :class:`JoinTable` adds per-record columns from a CSV (``--join``).
 * :func:`convert` ties them together and writes a table with
   :class:`ecgtool.io.TableWriter`.
@@ -47,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 
 from ecgtool.errors import EcgtoolError, InputError, RecordError, RecordErrors, UsageError
-from ecgtool.formats import ARRAY_EXTENSIONS, RECORD_EXTENSIONS
+from ecgtool.formats import ARRAY_EXTENSIONS, RECORD_EXTENSIONS, SIGNAL_EXTENSIONS
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
 
@@ -56,8 +64,6 @@ log = logging.getLogger("ecgtool")
 # Values per signal column chunk before a batch is split (Arrow's 32-bit list offsets).
 _MAX_VALUES = 1 << 28
 _GLOB_CHARS = set("*?[")
-# Signal files of records (read through their headers; not counted as ignored).
-_SIGNAL_EXTENSIONS = {".dat", ".mat", ".d0", ".d1", ".d2", ".d3", ".d4", ".d5", ".d6", ".d7", ".d8", ".d9"}
 
 METADATA_FIELDS = [
     pa.field("source", pa.string()),
@@ -70,8 +76,26 @@ METADATA_FIELDS = [
 ]
 
 
-def base_schema() -> pa.Schema:
-    """Columns every converted table has (metadata columns are null where a source lacks them)."""
+_ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
+                "list<string>": pa.list_(pa.string())}
+
+
+def format_fields(formats: Iterable[str] = ()) -> list[pa.Field]:
+    """The metadata columns the readers of ``formats`` add to the base schema (patient_id, device, ...)."""
+    from ecgtool.formats import FORMAT_META, META_TYPES
+
+    names: list[str] = []
+    for fmt in sorted(set(formats)):
+        for name in FORMAT_META.get(fmt, []):
+            if name not in names:
+                names.append(name)
+    order = list(META_TYPES)
+    return [pa.field(n, _ARROW_TYPES[META_TYPES[n]]) for n in sorted(names, key=order.index)]
+
+
+def base_schema(formats: Iterable[str] = ()) -> pa.Schema:
+    """Columns every converted table has (metadata columns are null where a source lacks them), plus
+    those the readers of ``formats`` fill."""
     return pa.schema(
         [
             pa.field(S.RECORD_ID, pa.string()),
@@ -79,6 +103,7 @@ def base_schema() -> pa.Schema:
             pa.field(S.LEADS, pa.list_(pa.string())),
             pa.field(S.SIGNAL, S.signal_type()),
             *METADATA_FIELDS,
+            *format_fields(formats),
         ]
     )
 
@@ -90,6 +115,8 @@ def base_schema() -> pa.Schema:
 class Item:
     path: str
     record_id: str
+    fmt: str | None = None  # the reader's format, when discovery sniffed it
+    part: int | None = None  # the record's index inside a container file (a CODE-15 exam)
 
 
 @dataclass
@@ -97,24 +124,57 @@ class Discovery:
     items: list[Item]
     ignored: int = 0  # files in scanned folders that are not records (signal, annotation, label files)
     segments: int = 0  # segment/layout headers folded into multi-segment records
+    layouts: list = field(default_factory=list)  # archive layouts found (ecgtool.formats.archives.Layout)
+
+    @property
+    def formats(self) -> set[str]:
+        return {it.fmt for it in self.items if it.fmt}
 
 
-def _is_record_file(p: Path) -> bool:
-    return p.suffix.lower() in RECORD_EXTENSIONS
+class _Found:
+    """What the discovery walk collects: plain files (with their sniffed format) and archive layouts."""
+
+    def __init__(self):
+        self.paths: list[Path] = []
+        self.fmts: dict[str, str | None] = {}
+        self.layouts: list = []
+        self.order: list = []  # Path or Layout, in input order
+        self.ignored = 0
+
+    def add(self, p: Path, fmt: str | None = None) -> None:
+        self.paths.append(p)
+        if fmt is not None:
+            self.fmts[str(p)] = fmt
+        self.order.append(p)
+
+    def add_layout(self, lay) -> None:
+        self.layouts.append(lay)
+        self.order.append(lay)
 
 
-def _scan(folder: Path, out: list[Path], counts: dict) -> None:
+def _scan(folder: Path, out: _Found) -> None:
+    from ecgtool.formats import scan_format
+    from ecgtool.formats.archives import file_layout, folder_layout
+
     for root, dirs, files in os.walk(folder):
         dirs.sort()
+        lay = folder_layout(Path(root))
+        if lay is not None:
+            out.add_layout(lay)
+            dirs[:] = []  # the archive's own list says what is in its tree
+            continue
         for f in sorted(files):
             p = Path(root) / f
-            if _is_record_file(p):
-                out.append(p)
-            elif p.suffix.lower() not in _SIGNAL_EXTENSIONS:
-                counts["ignored"] += 1
+            fmt = scan_format(p)
+            if fmt == "code15":
+                _hdf5(p, out, file_layout)
+            elif fmt is not None:
+                out.add(p, fmt)
+            elif p.suffix.lower() not in SIGNAL_EXTENSIONS:
+                out.ignored += 1
 
 
-def _records_file(path: Path, out: list[Path], counts: dict) -> None:
+def _records_file(path: Path, out: _Found) -> None:
     base = path.parent
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -126,24 +186,51 @@ def _records_file(path: Path, out: list[Path], counts: dict) -> None:
             continue
         p = base / name
         if p.is_dir():
-            _scan(p, out, counts)
+            _scan(p, out)
         elif p.suffix.lower() in RECORD_EXTENSIONS and p.exists():
-            out.append(p)
+            out.add(p)
         else:
-            out.append(Path(str(p) + ".hea"))  # a missing header becomes a per-record error
+            out.add(Path(str(p) + ".hea"))  # a missing header becomes a per-record error
 
 
-def _one(arg: str, out: list[Path], counts: dict) -> None:
+def _file(p: Path, out: _Found) -> None:
+    """A file named explicitly: a record whatever its content (the reader says why it is not one)."""
+    from ecgtool.formats import sniff_format
+    from ecgtool.formats.archives import file_layout
+
+    try:
+        fmt = sniff_format(p)
+    except EcgtoolError:
+        fmt = None
+    if fmt == "code15":
+        _hdf5(p, out, file_layout)
+    else:
+        out.add(p, fmt)
+
+
+def _hdf5(p: Path, out: _Found, file_layout) -> None:
+    """A CODE-15 part file: one entry per exam; a file that cannot be opened is one record that says why."""
+    from ecgtool.formats.archives import readable_hdf5
+
+    if readable_hdf5(p):
+        out.add_layout(file_layout(p))
+    else:
+        out.add(p, "code15")
+
+
+def _one(arg: str, out: _Found) -> None:
+    from ecgtool.formats import scan_format
+
     p = Path(arg)
     if p.is_dir():
-        _scan(p, out, counts)
+        _scan(p, out)
     elif p.is_file():
         if p.name == "RECORDS":
-            _records_file(p, out, counts)
+            _records_file(p, out)
         else:
-            out.append(p)
+            _file(p, out)
     elif Path(arg + ".hea").is_file():
-        out.append(Path(arg + ".hea"))
+        out.add(Path(arg + ".hea"), "wfdb")
     elif _GLOB_CHARS & set(arg):
         matches = sorted(glob.glob(arg, recursive=True))
         if not matches:
@@ -151,11 +238,11 @@ def _one(arg: str, out: list[Path], counts: dict) -> None:
         for m in matches:
             mp = Path(m)
             if mp.is_dir():
-                _scan(mp, out, counts)
-            elif _is_record_file(mp) or mp.suffix.lower() in ARRAY_EXTENSIONS or mp.name == "RECORDS":
-                _one(m, out, counts)
+                _scan(mp, out)
+            elif mp.name == "RECORDS" or mp.suffix.lower() in ARRAY_EXTENSIONS or scan_format(mp) is not None:
+                _one(m, out)
             else:
-                counts["ignored"] += 1
+                out.ignored += 1
     else:
         raise InputError(f"{arg}: no such file or folder")
 
@@ -164,17 +251,17 @@ def discover(inputs: Sequence[str], stdin: Iterable[str] | None = None) -> Disco
     """Inputs -> ordered, de-duplicated records with unique ids."""
     if not inputs:
         raise UsageError("no input given", "give files, folders, glob patterns, a RECORDS file, or '-' for stdin")
-    counts = {"ignored": 0}
-    paths: list[Path] = []
+    found = _Found()
     for arg in inputs:
         if arg == "-":
             lines = stdin if stdin is not None else sys.stdin
             for line in lines:
                 line = line.strip()
                 if line and line != "-":
-                    _one(line, paths, counts)
+                    _one(line, found)
         else:
-            _one(arg, paths, counts)
+            _one(arg, found)
+    paths = found.paths
     # multi-segment records: their segment and layout headers are not records of their own
     parts: set[str] = set()
     from ecgtool.formats.wfdb import multi_segment_parts
@@ -194,10 +281,42 @@ def discover(inputs: Sequence[str], stdin: Iterable[str] | None = None) -> Disco
             folded += 1
             continue
         unique.append(p)
-    return Discovery(items=_assign_ids(unique), ignored=counts["ignored"], segments=folded)
+    plain = iter(_assign_ids(unique, found.fmts))
+    keep = {str(p) for p in unique}
+    items: list[Item] = []
+    used: set[str] = set()
+    for entry in found.order:
+        if isinstance(entry, Path):
+            if str(entry) in keep:
+                keep.discard(str(entry))
+                items.append(next(plain))
+            continue
+        for e in entry.entries:
+            items.append(Item(e.path, e.record_id, e.fmt, e.part))
+    # archive ids may meet file ids: keep every id unique
+    out: list[Item] = []
+    for it in items:
+        rid, k = it.record_id, 2
+        while rid in used:
+            rid = f"{it.record_id}#{k}"
+            k += 1
+        used.add(rid)
+        out.append(it if rid == it.record_id else Item(it.path, rid, it.fmt, it.part))
+    return Discovery(items=out, ignored=found.ignored, segments=folded, layouts=found.layouts)
 
 
-def _assign_ids(paths: list[Path]) -> list[Item]:
+def _quiet_format(p: Path) -> str | None:
+    """The sniffed format of a path (None when it cannot be read: the reader says why, per record)."""
+    from ecgtool.formats import sniff_format
+
+    try:
+        return sniff_format(p) if p.is_file() else None
+    except EcgtoolError:
+        return None
+
+
+def _assign_ids(paths: list[Path], fmts: dict[str, str | None] | None = None) -> list[Item]:
+    fmts = dict(fmts or {})
     names = [p.stem if p.suffix else p.name for p in paths]
     counts: dict[str, int] = {}
     for n in names:
@@ -211,6 +330,9 @@ def _assign_ids(paths: list[Path]) -> list[Item]:
             root = None
     ids: list[str] = []
     used: set[str] = set()
+    for p in paths:
+        if str(p) not in fmts:
+            fmts[str(p)] = _quiet_format(p)
     for p, n in zip(paths, names):
         rid = n
         if counts[n] > 1:
@@ -222,7 +344,7 @@ def _assign_ids(paths: list[Path]) -> list[Item]:
             k += 1
         used.add(rid)
         ids.append(rid)
-    return [Item(str(p), rid) for p, rid in zip(paths, ids)]
+    return [Item(str(p), rid, fmts.get(str(p))) for p, rid in zip(paths, ids)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -313,8 +435,8 @@ def _size(sig: Any) -> int:
     return int(sig.size) if isinstance(sig, np.ndarray) else int(sum(len(x) for x in sig))
 
 
-def _spill_chunk(items: Sequence[Item], options: dict | None, folder: str) -> ChunkResult:
-    return read_chunk(items, options).spill(folder)
+def _spill_chunk(items: Sequence[Item], options: dict | None, folder: str, formats: Sequence[str] = ()) -> ChunkResult:
+    return read_chunk(items, options, formats).spill(folder)
 
 
 def _spool_folder() -> str:
@@ -326,19 +448,20 @@ def _spool_folder() -> str:
     return tempfile.gettempdir()
 
 
-def read_chunk(items: Sequence[Item], options: dict | None = None) -> ChunkResult:
-    """Read a chunk of records into batches of the base schema (runs in a worker)."""
+def read_chunk(items: Sequence[Item], options: dict | None = None, formats: Sequence[str] = ()) -> ChunkResult:
+    """Read a chunk of records into batches of the base schema for ``formats`` (runs in a worker)."""
     from ecgtool.formats import read_file
     from ecgtool.signal.leads import KNOWN, normalize_lead
 
     options = options or {}
-    schema = base_schema()
+    schema = base_schema(formats)
     rows: list[dict] = []
     res = ChunkResult([], [], [], {})
     values = 0
     for item in items:
         try:
-            recs = read_file(item.path, **options)
+            recs = read_file(item.path, fmt=item.fmt, **({"part": item.part} if item.part is not None else {}),
+                             **options)
         except RecordError as exc:
             res.errors.append((item.record_id, exc.cause, exc.hint))
             continue
@@ -352,7 +475,12 @@ def read_chunk(items: Sequence[Item], options: dict | None = None) -> ChunkResul
             res.errors.append((item.record_id, f"{type(exc).__name__}: {exc}", None))
             continue
         for k, rec in enumerate(recs):
-            rid = item.record_id if len(recs) == 1 else f"{item.record_id}#{k}"
+            if rec.record_id:
+                rid = rec.record_id
+            elif rec.id_suffix:
+                rid = item.record_id + rec.id_suffix
+            else:
+                rid = item.record_id if len(recs) == 1 else f"{item.record_id}#{k}"
             leads = [normalize_lead(name) for name in rec.leads]
             for canon in dict.fromkeys(x for x in leads if x not in KNOWN):
                 res.unknown_leads.setdefault(canon, [rid, 0])[1] += 1
@@ -383,16 +511,18 @@ def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 
 
 def read_batches(
-    items: Sequence[Item], workers: int = 1, batch_size: int = 64, options: dict | None = None
+    items: Sequence[Item], workers: int = 1, batch_size: int = 64, options: dict | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Iterator[ChunkResult]:
     """Read records in input order; ``workers`` > 1 reads chunks in that many processes.
 
     At most ``2 * workers`` chunks are in flight, so memory stays bounded.
     """
     chunks = _chunks(items, batch_size)
+    formats = sorted({it.fmt for it in items if it.fmt}) if formats is None else list(formats)
     if workers <= 1:
         for chunk in chunks:
-            yield read_chunk(chunk, options)
+            yield read_chunk(chunk, options, formats)
         return
     import multiprocessing as mp
 
@@ -406,7 +536,7 @@ def read_batches(
         pending = []
         try:
             for chunk in chunks:
-                pending.append(pool.submit(_spill_chunk, chunk, options, folder))
+                pending.append(pool.submit(_spill_chunk, chunk, options, folder, formats))
                 if len(pending) >= 2 * workers:
                     yield pending.pop(0).result().load()
             while pending:
@@ -494,6 +624,28 @@ class JoinTable:
                     self.index.setdefault(nk, i)
         self.matched = 0
 
+    @classmethod
+    def from_arrow(cls, name: str, table: pa.Table, keys: Sequence[str]) -> "JoinTable":
+        """A join from an Arrow table already read (an archive's CSV), keyed by ``keys``."""
+        self = cls.__new__(cls)
+        self.path = self.name = name
+        self.keys = list(keys)
+        cols = {}
+        for f in table.schema:
+            col = table.column(f.name).combine_chunks()
+            if pa.types.is_large_string(col.type):
+                col = col.cast(pa.string())
+            cols[f.name] = col
+        self.table = pa.table(cols)
+        self.index = {}
+        for k in self.keys:
+            for i, v in enumerate(table.column(k).to_pylist()):
+                nk = _norm_key(v)
+                if nk is not None:
+                    self.index.setdefault(nk, i)
+        self.matched = 0
+        return self
+
     @staticmethod
     def _to_arrow(df) -> pa.Table:
         cols = {}
@@ -547,8 +699,8 @@ class JoinTable:
         return batch
 
 
-def output_schema(joins: Sequence[JoinTable]) -> pa.Schema:
-    schema = base_schema()
+def output_schema(joins: Sequence[JoinTable], formats: Iterable[str] = ()) -> pa.Schema:
+    schema = base_schema(formats)
     for j in joins:
         for f in j.fields:
             if f.name not in schema.names:
@@ -598,8 +750,8 @@ class RecordsReader:
         self._found = discover(inputs)
         if not self._found.items:
             raise InputError(f"{', '.join(map(str, inputs))}: neither a table nor ECG records",
-                             "give a table, or WFDB .hea / HL7 aECG .xml / DICOM .dcm files")
-        self.schema = output_schema([])
+                             "give a table, or ECG files in a format convert reads (docs/formats.md)")
+        self.schema = output_schema([], self._found.formats)
         self.meta = S.TableMeta(kind="records")
         self.num_rows = len(self._found.items)
         self._batch_size = batch_size
@@ -630,6 +782,8 @@ def convert(
     join_key: Sequence[str] | None = None,
     fs: float | None = None,
     leads: Sequence[str] | None = None,
+    waveform: str | None = None,
+    all_channels: bool = False,
     argv: Sequence[str] | None = None,
     stdin: Iterable[str] | None = None,
     compression: str = "zstd",
@@ -637,22 +791,34 @@ def convert(
 ) -> ConvertResult:
     """Convert raw ECG files into one record table at ``dest`` ('-' for stdout).
 
+    ``fs``: the sampling rate of .csv/.npy arrays, and the rate EDF and MFER channels are resampled
+    to (else they give one record per rate); ``waveform``: ``rhythm`` (default) or ``median`` for GE
+    MUSE files; ``all_channels``: keep the non-ECG channels of EDF and MFER files.
     ``wrap(iterable, total)`` may wrap the per-chunk iterator (a progress bar).
     """
     from ecgtool.io import TableWriter
 
+    if waveform is not None and waveform.lower() not in ("rhythm", "median"):
+        raise UsageError(f"--waveform {waveform!r}: choose rhythm or median")
     errors = errors if errors is not None else RecordErrors("fail")
     found = discover(inputs, stdin)
     if not found.items:
         raise InputError("no ECG records found in the inputs",
-                         "convert reads WFDB .hea, HL7 aECG .xml, DICOM .dcm; give .csv/.npy files by name")
-    joins = [JoinTable(p, join_key, found.items) for p in join]
-    schema = output_schema(joins)
+                         "convert reads WFDB, GE MUSE, Philips, HL7 aECG, DICOM, SCP-ECG, EDF, MFER and Apple Health "
+                         "files (docs/formats.md); give .csv/.npy files by name")
+    joins = []
+    for lay in found.layouts:
+        log.info("%s layout in %s: %d records", lay.name, lay.root, len(lay.entries))
+        joins.extend(JoinTable.from_arrow(name, table, keys) for name, table, keys in lay.joins)
+    joins += [JoinTable(p, join_key, found.items) for p in join]
+    schema = output_schema(joins, found.formats)
     meta = S.TableMeta(kind="records").add_step(argv)
-    options = {"fs": fs, "leads": list(leads) if leads else None}
+    options = {"fs": fs, "leads": list(leads) if leads else None, "waveform": waveform,
+               "all_channels": all_channels}
     result = ConvertResult(ignored=found.ignored)
     unknown: dict[str, list] = {}  # lead name -> [first record, count]
-    chunks = read_batches(found.items, workers=workers, batch_size=batch_size, options=options)
+    chunks = read_batches(found.items, workers=workers, batch_size=batch_size, options=options,
+                          formats=sorted(found.formats))
     if wrap is not None:
         chunks = wrap(chunks, (len(found.items) + batch_size - 1) // batch_size)
     # Row groups of one batch: each chunk is encoded in a background thread as soon as it arrives,

@@ -36,19 +36,39 @@ def convert(
         typer.Option("--join-key", help="CSV column(s) holding the record key (default: filename_hr/filename_lr "
                      "when present, else the first column)."),
     ] = None,
-    fs: Annotated[Optional[float], typer.Option("--fs", help="Sampling rate in Hz of .csv/.npy inputs.")] = None,
+    fs: Annotated[
+        Optional[float],
+        typer.Option("--fs", help="Sampling rate in Hz of .csv/.npy inputs; for EDF and MFER files, the rate every "
+                     "channel is resampled to (else one record per sampling rate)."),
+    ] = None,
     leads: Annotated[
         Optional[str], typer.Option("--leads", help="Lead names of .csv/.npy inputs, e.g. I,II,V1.")
     ] = None,
+    waveform: Annotated[
+        Optional[str],
+        typer.Option("--waveform", metavar="rhythm|median",
+                     help="GE MUSE XML: the 10 s rhythm ECG (default) or the median beats."),
+    ] = None,
+    all_channels: Annotated[
+        bool,
+        typer.Option("--all-channels", help="EDF and MFER: keep the non-ECG channels too (EEG, pressures, "
+                     "accelerometers), in their own units."),
+    ] = False,
 ) -> None:
-    """Convert raw ECG files (WFDB, PhysioNet .mat, HL7 aECG, Philips XML, DICOM, CSV/NPY) into one record table.
+    """Convert raw ECG files into one record table: WFDB, PhysioNet .mat, GE MUSE XML, Philips XML, HL7 aECG,
+    DICOM, SCP-ECG, EDF/EDF+, MFER, Apple Health CSV, Contec ECG90A, CSV/NPY, and the MIMIC-IV-ECG and CODE-15
+    archive layouts.
 
-    Signals become float32 mV equal to wfdb.rdrecord(...).p_signal; lead names
-    are normalised (AVR -> aVR, MLII -> II); header metadata (age, sex, SNOMED
-    Dx codes, LUDB diagnoses, Philips interpretation statements, base
-    date/time) becomes columns. A record that cannot be read gets a one-line
-    error and the others go on (exit 3, or 0 with --on-error skip). Record ids
-    are file names, or relative paths when names collide.
+    Formats are recognised from the files' content, not their names (see
+    docs/formats.md). Signals become float32 mV (WFDB: equal to
+    wfdb.rdrecord(...).p_signal); lead names are normalised (AVR -> aVR,
+    MLII -> II); header metadata (age, sex, SNOMED Dx codes, diagnosis
+    statements, patient and device ids, EDF annotations, base date/time)
+    becomes columns. A folder holding record_list.csv (MIMIC-IV-ECG) or
+    exams.csv and HDF5 files (CODE-15) converts with the archive's ids and its
+    CSV columns joined. A file that cannot be read gets a one-line error and
+    the others go on (exit 3, or 0 with --on-error skip). Record ids are file
+    names, or relative paths when names collide.
 
     --join: a CSV row joins the record whose id, name, or trailing path
     without extension equals the row's key (the --join-key column; by default
@@ -65,6 +85,7 @@ def convert(
       ecgtool convert 'ludb/data/*.hea' -o - | ecgtool info -
       find data -name '*.xml' | ecgtool convert - -o aecg.parquet
       ecgtool convert ecg.npy --fs 500 --leads I,II,III -o ecg.parquet
+      ecgtool convert muse/ --waveform median -o medians.parquet
     """
     from ecgtool.cli.common import finish, progress, record_errors
     from ecgtool.convert import convert as run_convert
@@ -78,7 +99,8 @@ def convert(
                         count=lambda res: sum(b.num_rows for b in res.batches) + len(res.errors))
 
     res = run_convert(inputs, output, fmt=output_format, workers=workers, batch_size=batch_size,
-                      errors=errors, join=join or (), join_key=join_key, fs=fs, leads=lead_names, wrap=wrap)
+                      errors=errors, join=join or (), join_key=join_key, fs=fs, leads=lead_names,
+                      waveform=waveform, all_channels=all_channels, wrap=wrap)
     if res.ignored:
         log.info("ignored %d files in the folders that are not records (signal, annotation, label files)",
                  res.ignored)

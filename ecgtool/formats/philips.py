@@ -40,7 +40,7 @@ import numpy as np
 
 from ecgtool.errors import RecordError
 from ecgtool.formats import RawRecord
-from ecgtool.formats.xmltree import _child, _local, _parse
+from ecgtool.formats.xmltree import _child, _local, _parse, xml_source
 
 VERSIONS = ("1.03", "1.04", "1.04.01", "1.04.02")
 DOCUMENT_TYPES = ("SierraECG", "PhilipsECG")
@@ -75,7 +75,8 @@ def _number(name: str, what: str, value: str | None) -> float:
 def read_philips(path: str, **_options) -> list[RawRecord]:
     p = Path(path)
     name = p.stem
-    root = _parse(p, name)
+    warns: list[str] = []
+    root = _parse(p, name, warns)
     tag = _local(root.tag)
     if tag != "restingecgdata":
         raise RecordError(name, f"XML root <{tag}> is not Philips Sierra XML (<restingecgdata>)")
@@ -120,7 +121,7 @@ def read_philips(path: str, **_options) -> list[RawRecord]:
     counts_arr = counts_arr[:, : _ecg_end(counts_arr, fs)]
     signal = (counts_arr * (uv_per_count * 1e-3)).astype(np.float32)
     return [RawRecord(name=name, fs=fs, leads=list(labels), signal=signal, source=str(p),
-                      units=["mV"] * len(labels), meta=_meta(root))]
+                      units=["mV"] * len(labels), meta=_meta(root), warnings=warns)]
 
 
 def _decode(path: Path, name: str) -> tuple[list[str], list[np.ndarray]]:
@@ -132,7 +133,7 @@ def _decode(path: Path, name: str) -> tuple[list[str], list[np.ndarray]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ecg = sierraecg.read_file(str(path))
+            ecg = sierraecg.read_file(xml_source(path, name))  # type: ignore[arg-type]
         except (sierraecg.MissingXmlElementError, sierraecg.MissingXmlAttributeError) as exc:
             raise RecordError(name, f"Philips XML is missing <{exc}> (element or attribute)") from None
         except sierraecg.UnsupportedXmlFileError as exc:
