@@ -824,12 +824,16 @@ def convert(
     # Row groups of one batch: each chunk is encoded in a background thread as soon as it arrives,
     # while the next ones are read (by the workers, or by this process).
     with TableWriter(dest, schema, meta, fmt=fmt, compression=compression,
-                     row_group_size=min(batch_size, 256), background=True) as writer:
+                     row_group_size=min(batch_size, 256), background=True, errors=errors) as writer:
         for batch in chunk_batches(chunks, errors, unknown):
             for j in joins:
                 batch = j.apply(batch)
             writer.write(batch)
             result.rows += batch.num_rows
+        for j in joins:  # a join that matches nothing is an error under --on-error fail (nothing is written)
+            if j.matched == 0 and result.rows and errors.policy == "fail":
+                raise InputError(f"--join {j.name} matched none of the {result.rows} records: its key column "
+                                 f"({', '.join(j.keys)}) shares no id with them", "give the column with --join-key")
     if unknown:
         shown = [f"{name!r} (record {rid}{f' and {n - 1} more' if n > 1 else ''})"
                  for name, (rid, n) in list(unknown.items())[:8]]

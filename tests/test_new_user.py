@@ -99,3 +99,20 @@ def test_threads_option_anywhere_and_clamped(data_dir, tmp_path):
         assert set_threads(0) == 1 and default_threads() == 1
     finally:
         set_threads(None)
+
+
+def test_joins_that_join_nothing_and_ignored_fs_are_said(data_dir, tmp_path):
+    ref = data_dir / "cinc2017" / "REFERENCE.csv"
+    r = _ecgtool("convert", _record(data_dir), "--join", ref, "-o", tmp_path / "j.parquet")
+    assert r.returncode == 0 and b"matched none of the 1 records" in r.stderr
+    r = _ecgtool("convert", _record(data_dir), "--join", ref, "--on-error", "fail", "-o", tmp_path / "j2.parquet")
+    assert r.returncode == 1 and b"matched none" in r.stderr and not (tmp_path / "j2.parquet").exists()
+    r = _ecgtool("convert", _record(data_dir), "--fs", "250", "-o", tmp_path / "f.parquet")
+    assert r.returncode == 0 and b"keep it: resample them with 'ecgtool preprocess --fs'" in r.stderr
+
+
+def test_convert_of_only_bad_records_writes_nothing(tmp_path):
+    (tmp_path / "trunc.hea").write_text("x 1 500 100\nx.dat 16 200 16 0 0 0 0 I\n")
+    r = _ecgtool("convert", tmp_path / "trunc.hea", "-o", tmp_path / "c.parquet")
+    assert r.returncode == 1 and b"x.dat is missing" in r.stderr and b"nothing written" in r.stderr
+    assert not (tmp_path / "c.parquet").exists()

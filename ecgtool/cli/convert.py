@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -93,6 +94,10 @@ def convert(
 
     errors = record_errors(on_error)
     lead_names = parse_lead_list(leads) if leads else None
+    if fs is not None and any(Path(i).suffix.lower() not in (".csv", ".npy", ".edf", ".bdf", ".mwf", ".mfer")
+                              for i in inputs):
+        log.warning("--fs %g sets the rate of .csv/.npy inputs and resamples EDF/MFER channels; records that state "
+                    "their own rate (WFDB, XML, DICOM, SCP) keep it: resample them with 'ecgtool preprocess --fs'", fs)
 
     def wrap(chunks, total):
         return progress(chunks, total=None, desc="convert", unit="rec",
@@ -105,5 +110,9 @@ def convert(
         log.info("ignored %d files in the folders that are not records (signal, annotation, label files)",
                  res.ignored)
     for name, n in res.joined.items():
-        log.info("joined %s to %d of %d records", name, n, res.rows)
+        if n == 0 and res.rows:
+            log.warning("--join %s matched none of the %d records: its key column shares no id with them "
+                        "(give the column with --join-key; --on-error fail makes this an error)", name, res.rows)
+        else:
+            log.info("joined %s to %d of %d records", name, n, res.rows)
     finish(errors, f"converted {res.rows} of {res.records} records")
