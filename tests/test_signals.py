@@ -30,7 +30,7 @@ def test_sigterm_during_convert_leaves_nothing(data_dir, tmp_path):
 
 def test_sigterm_during_embed_leaves_nothing(data_dir, tmp_path):
     src = data_dir / "ptbxl-500" / "records500" / "00000"
-    rec = tmp_path / "rec.arrow"
+    rec = tmp_path / "rec.arrows"  # an Arrow stream: read as it comes (an Arrow file needs its end first)
     heas = sorted(src.glob("*_hr.hea"))[:8]
     assert subprocess.run([sys.executable, "-m", "ecgtool", "-q", "convert", *map(str, heas), "-o", str(rec)],
                           capture_output=True).returncode == 0
