@@ -19,7 +19,8 @@ The steps, each usable on its own:
   and ``exams.csv``; :mod:`ecgtool.formats.archives`) give items with the
   archive's ids, one per ECG, and their CSV tables are joined like ``--join``
   tables.
-* :class:`JoinTable` adds per-record columns from a CSV (``--join``).
+* :class:`ecgtool.io.join.JoinTable` adds per-record columns from a CSV (``--join``), by the
+  same rule as ``label --join`` (see that module).
 * :func:`convert` ties them together and writes a table with
   :class:`ecgtool.io.TableWriter`.
 
@@ -27,17 +28,6 @@ Record ids are the record names (file names without extension). When two
 inputs share a name, each of them gets its path relative to the inputs'
 common folder instead (``records100/00000/00001_lr``), so ids stay unique.
 
-Join rule (``--join CSV``): a CSV row belongs to a record when its key equals
-the record id, the record name, or a trailing part of the record's source
-path without extension, at a ``/`` boundary (``records500/00000/00001_hr``
-matches ``.../ptbxl-500/records500/00000/00001_hr.hea``). Key columns: the
-``--join-key`` column(s) when given; else ``filename_hr`` and ``filename_lr``
-when the CSV has them (PTB-XL); else the first column. A CSV whose first row
-already matches a record has no header row (CinC 2017's ``REFERENCE.csv``):
-its columns are then named ``record`` and ``label`` (two columns) or
-``record``, ``col1``, ``col2``... A joined column whose name the table
-already has (``age``, ``sex``) fills the record's own value only where that
-is empty, cast to the table's type.
 """
 
 from __future__ import annotations
@@ -58,6 +48,7 @@ from ecgtool.errors import EcgtoolError, InputError, RecordError, RecordErrors, 
 from ecgtool.formats import ARRAY_EXTENSIONS, RECORD_EXTENSIONS, SIGNAL_EXTENSIONS
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
+from ecgtool.io.join import JoinTable
 
 log = logging.getLogger("ecgtool")
 
@@ -550,153 +541,7 @@ def read_batches(
                         pass
 
 
-# --------------------------------------------------------------------------- joins
-
-
-def _path_keys(source: str | None) -> list[str]:
-    if not source:
-        return []
-    p = source.replace("\\", "/")
-    stem = p.rsplit(".", 1)[0] if "." in p.rsplit("/", 1)[-1] else p
-    parts = [x for x in stem.split("/") if x]
-    return ["/".join(parts[i:]) for i in range(len(parts) - 1, -1, -1)]
-
-
-def _norm_key(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float):
-        if value != value:
-            return None
-        if value.is_integer():
-            value = int(value)
-    s = str(value).strip().replace("\\", "/").strip("/")
-    low = s.lower()
-    for ext in (".hea", ".dat", ".mat", ".xml", ".dcm"):
-        if low.endswith(ext):
-            s = s[: -len(ext)]
-            break
-    return s or None
-
-
-class JoinTable:
-    """Per-record columns from a CSV, matched by the rule in this module's docstring."""
-
-    def __init__(self, path: str, key: Sequence[str] | None = None, items: Sequence[Item] = ()):
-        import pandas as pd
-
-        self.path = path
-        self.name = Path(path).name
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--join {path}: cannot read the CSV ({exc})") from None
-        if df.shape[1] == 0:
-            raise InputError(f"--join {path}: the CSV has no columns")
-        known = set()
-        for it in items:
-            known.add(it.record_id)
-            known.update(_path_keys(it.path)[:1])
-        if not key and _norm_key(df.columns[0]) in known:
-            df = pd.read_csv(path, header=None)
-            names = ["record", "label"] if df.shape[1] == 2 else ["record"] + [f"col{i}" for i in range(1, df.shape[1])]
-            df.columns = names
-        if key:
-            missing = [k for k in key if k not in df.columns]
-            if missing:
-                raise UsageError(f"--join-key {', '.join(missing)}: not a column of {path}",
-                                 f"columns: {', '.join(map(str, df.columns[:20]))}")
-            self.keys = list(key)
-        elif "filename_hr" in df.columns or "filename_lr" in df.columns:
-            self.keys = [k for k in ("filename_hr", "filename_lr") if k in df.columns]
-        else:
-            self.keys = [str(df.columns[0])]
-        df.columns = [str(c) for c in df.columns]
-        if {"scp_codes", "filename_hr", "sex"} <= set(df.columns) and set(df["sex"].dropna().unique()) <= {0, 1}:
-            # PTB-XL codes sex 0 = male, 1 = female; headers of other databases give M/F
-            df["sex"] = df["sex"].map({0: "M", 1: "F"})
-        self.table = self._to_arrow(df)
-        self.index: dict[str, int] = {}
-        for k in self.keys:
-            for i, v in enumerate(df[k].tolist()):
-                nk = _norm_key(v)
-                if nk is not None:
-                    self.index.setdefault(nk, i)
-        self.matched = 0
-
-    @classmethod
-    def from_arrow(cls, name: str, table: pa.Table, keys: Sequence[str]) -> "JoinTable":
-        """A join from an Arrow table already read (an archive's CSV), keyed by ``keys``."""
-        self = cls.__new__(cls)
-        self.path = self.name = name
-        self.keys = list(keys)
-        cols = {}
-        for f in table.schema:
-            col = table.column(f.name).combine_chunks()
-            if pa.types.is_large_string(col.type):
-                col = col.cast(pa.string())
-            cols[f.name] = col
-        self.table = pa.table(cols)
-        self.index = {}
-        for k in self.keys:
-            for i, v in enumerate(table.column(k).to_pylist()):
-                nk = _norm_key(v)
-                if nk is not None:
-                    self.index.setdefault(nk, i)
-        self.matched = 0
-        return self
-
-    @staticmethod
-    def _to_arrow(df) -> pa.Table:
-        cols = {}
-        for name in df.columns:
-            s = df[name]
-            try:
-                arr = pa.array(s, from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                arr = pa.array([None if v is None or v != v else str(v) for v in s.astype(object)], type=pa.string())
-            if pa.types.is_floating(arr.type):
-                vals = arr.to_numpy(zero_copy_only=False)
-                ok = vals[~np.isnan(vals)]
-                if ok.size and np.all(ok == np.round(ok)) and np.all(np.abs(ok) < 2**53):
-                    arr = arr.cast(pa.int64())
-            if pa.types.is_large_string(arr.type):
-                arr = arr.cast(pa.string())
-            if name == S.PATIENT_ID and not pa.types.is_string(arr.type):
-                arr = arr.cast(pa.string())
-            cols[name] = arr
-        return pa.table(cols)
-
-    @property
-    def fields(self) -> list[pa.Field]:
-        return list(self.table.schema)
-
-    def lookup(self, record_id: str, source: str | None) -> int | None:
-        for k in [record_id, *_path_keys(source)]:
-            i = self.index.get(k)
-            if i is not None:
-                return i
-        return None
-
-    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        ids = batch.column(batch.schema.get_field_index(S.RECORD_ID)).to_pylist()
-        src = batch.column(batch.schema.get_field_index("source")).to_pylist()
-        idx = [self.lookup(r, s) for r, s in zip(ids, src)]
-        self.matched += sum(i is not None for i in idx)
-        taken = self.table.take(A.indices(idx))
-        for f in self.table.schema:
-            col = taken.column(f.name).combine_chunks()
-            if f.name in batch.schema.names:
-                import pyarrow.compute as pc
-
-                own = batch.column(batch.schema.get_field_index(f.name))
-                try:
-                    col = col.cast(own.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                    continue
-                col = pc.coalesce(own, col)
-            batch = S.replace_column(batch, f.name, col)
-        return batch
+# --------------------------------------------------------------------------- joins (ecgtool.io.join)
 
 
 def output_schema(joins: Sequence[JoinTable], formats: Iterable[str] = ()) -> pa.Schema:
@@ -810,7 +655,8 @@ def convert(
     for lay in found.layouts:
         log.info("%s layout in %s: %d records", lay.name, lay.root, len(lay.entries))
         joins.extend(JoinTable.from_arrow(name, table, keys) for name, table, keys in lay.joins)
-    joins += [JoinTable(p, join_key, found.items) for p in join]
+    sample = [it.record_id for it in found.items[:200]]
+    joins += [JoinTable(p, on=join_key or None, sample_ids=sample) for p in join]
     schema = output_schema(joins, found.formats)
     meta = S.TableMeta(kind="records").add_step(argv)
     options = {"fs": fs, "leads": list(leads) if leads else None, "waveform": waveform,

@@ -483,3 +483,22 @@ def test_label_join_writes_ids_as_convert_does(tmp_path, data_dir, cli):
     assert lab.schema.field("patient_id").type == pa.string()
     assert lab.column("patient_id").to_pylist() == conv.column("patient_id").to_pylist()
     assert all(p.isdigit() for p in lab.column("patient_id").to_pylist())
+
+
+def test_one_join_rule_for_convert_and_label(data_dir, tmp_path, cli):
+    """CinC 2017's headerless REFERENCE.csv joins to the same column names through convert and label."""
+    import pyarrow.parquet as pq
+
+    ref = data_dir / "cinc2017" / "REFERENCE.csv"
+    heas = [data_dir / "cinc2017" / f"A0000{i}.hea" for i in (1, 2, 3)]
+    r = cli(["convert", *heas, "--join", ref, "-o", tmp_path / "c.parquet"])
+    assert r.exit_code == 0, r.output
+    conv = pq.read_table(tmp_path / "c.parquet")
+    assert "label" in conv.schema.names and "col1" not in conv.schema.names
+    assert conv.column("label").to_pylist() == ["N", "N", "N"] or set(conv.column("label").to_pylist()) <= set("NAO~")
+    rec = tmp_path / "ids.csv"
+    rec.write_text("record_id\nA00001\nA00002\nA00003\n")
+    r = cli(["label", rec, "--join", ref, "--class-column", "label", "--vocab", "cinc2017", "-o", tmp_path / "l.parquet"])
+    assert r.exit_code == 0, r.output
+    r = cli(["convert", heas[0], "--join", ref, "--join-key", "record_id", "-o", tmp_path / "k.parquet"])
+    assert r.exit_code == 0 and "--join-key is now --join-on" in r.stderr

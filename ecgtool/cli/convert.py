@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,8 +35,9 @@ def convert(
     ] = None,
     join_key: Annotated[
         Optional[List[str]],
-        typer.Option("--join-key", help="CSV column(s) holding the record key (default: filename_hr/filename_lr "
-                     "when present, else the first column)."),
+        typer.Option("--join-on", "--join-key", metavar="COL", help="CSV column(s) holding the record key "
+                     "(default: of record_id, record, ecg_id, id, filename_hr/filename_lr and the first column, "
+                     "the one matching most records; the rule is label --join's too). --join-key is the old name."),
     ] = None,
     fs: Annotated[
         Optional[float],
@@ -94,6 +96,8 @@ def convert(
 
     errors = record_errors(on_error)
     lead_names = parse_lead_list(leads) if leads else None
+    if any(a == "--join-key" or a.startswith("--join-key=") for a in sys.argv[1:]):
+        log.warning("--join-key is now --join-on (the same option as label's); the old name goes in a later release")
     if fs is not None and any(Path(i).suffix.lower() not in (".csv", ".npy", ".edf", ".bdf", ".mwf", ".mfer")
                               for i in inputs):
         log.warning("--fs %g sets the rate of .csv/.npy inputs and resamples EDF/MFER channels; records that state "

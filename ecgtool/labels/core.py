@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
+from ecgtool.io.join import JoinTable  # noqa: F401  (label --join: the same rule as convert --join)
 from ecgtool.errors import InputError, UsageError
 from ecgtool.labels import sources as src_parse
 from ecgtool.labels.vocabulary import (
@@ -51,7 +52,6 @@ AUTO_COLUMNS = {
     "classes": ["cinc2017_label", "label", "class", "rhythm_class"],
     "text": ["diagnosis", "diagnoses", "dx_text", "comments", "statements", "report"],
 }
-ID_COLUMNS = ["record_id", "record", "ecg_id", "id", "ID", "filename_hr", "filename_lr", "record_name"]
 
 
 @dataclass
@@ -290,119 +290,8 @@ class RecordLabeler:
         return [item for item, toks in f.items.items() if not (toks & self.vocab_tokens)]
 
 
-# --------------------------------------------------------------------------- join
+# --------------------------------------------------------------------------- join (ecgtool.io.join)
 
-
-def _id_keys(value: Any) -> list[str]:
-    """Ways a record id may be spelt: as is, file base name, without extension, without leading zeros."""
-    if value is None:
-        return []
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    s = str(value).strip()
-    if not s:
-        return []
-    keys = [s]
-    base = s.replace("\\", "/").rsplit("/", 1)[-1]
-    keys.append(base)
-    stem = re.sub(r"\.(hea|dat|mat|xml|dcm|csv|npy|edf)$", "", base, flags=re.IGNORECASE)
-    keys.append(stem)
-    m = re.fullmatch(r"0*(\d+)(?:_(?:hr|lr))?", stem)
-    if m:
-        keys.append("#" + m.group(1))
-    out = []
-    for k in keys:
-        if k not in out:
-            out.append(k)
-    return out
-
-
-_SHAPE = re.compile(r"\d+|[A-Za-z]+")
-
-
-def _shape(s: str) -> str:
-    return _SHAPE.sub(lambda m: "9" if m.group(0)[0].isdigit() else "a", s)
-
-
-_WHOLE = re.compile(r"([+-]?\d+)(?:\.0*)?")
-
-
-class JoinTable:
-    """A small CSV of per-record metadata (PTB-XL database, REFERENCE.csv, ludb.csv)
-    looked up by record id. A CSV without a header row (CinC 2017's REFERENCE.csv)
-    is detected and its columns named ``record_id``, ``label``, ``col3``..."""
-
-    def __init__(self, path: str, on: str | None = None):
-        import pandas as pd
-
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{path}: no such file (--join)")
-        try:
-            head = pd.read_csv(p, dtype=str, nrows=2, header=None, keep_default_na=False)
-        except Exception as exc:  # pandas raises many types on bad CSV
-            raise InputError(f"{path}: cannot read as CSV ({exc})") from None
-        headerless = False
-        if len(head) == 2:
-            a, b = [str(x) for x in head.iloc[0]], [str(x) for x in head.iloc[1]]
-            headerless = all(_shape(x) == _shape(y) and x for x, y in zip(a, b))
-        if headerless:
-            n = head.shape[1]
-            names = ["record_id", "label"] + [f"col{i + 1}" for i in range(2, n)]
-            df = pd.read_csv(p, dtype=str, header=None, names=names[:n], keep_default_na=False)
-        else:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        df.columns = [str(c).strip() for c in df.columns]
-        self.path = str(path)
-        self.headerless = headerless
-        self.columns = list(df.columns)
-        self.rows = df.to_dict("records")
-        for r in self.rows:
-            for k, v in r.items():
-                if isinstance(v, str):
-                    r[k] = v.strip() if v.strip() else None
-        for col in self.columns:  # '15709.0' -> '15709' where a column holds only whole numbers, as convert --join
-            vals = [r[col] for r in self.rows if r.get(col) is not None]
-            if vals and all(_WHOLE.fullmatch(v) for v in vals):
-                for r in self.rows:
-                    if r.get(col) is not None:
-                        r[col] = _WHOLE.fullmatch(r[col]).group(1)
-        if on is not None and on not in self.columns:
-            raise UsageError(f"--join-on {on!r} is not a column of {path}", f"columns: {', '.join(self.columns)}")
-        self.on = on
-        self._index: dict[str, dict[str, int]] = {}
-        self.used: set[int] = set()
-
-    def _build(self, col: str) -> dict[str, int]:
-        if col not in self._index:
-            idx: dict[str, int] = {}
-            for i, r in enumerate(self.rows):
-                for k in _id_keys(r.get(col)):
-                    idx.setdefault(k, i)
-            self._index[col] = idx
-        return self._index[col]
-
-    def choose_key(self, sample_ids: list[str]) -> str:
-        """The join column: --join-on, else the candidate that matches most sample ids."""
-        if self.on:
-            return self.on
-        cands = [c for c in ID_COLUMNS if c in self.columns] or self.columns[:1]
-        best, best_n = cands[0], -1
-        for c in cands:
-            idx = self._build(c)
-            n = sum(1 for s in sample_ids if any(k in idx for k in _id_keys(s)))
-            if n > best_n:
-                best, best_n = c, n
-        self.on = best
-        return best
-
-    def lookup(self, record_id: str) -> dict[str, Any] | None:
-        idx = self._build(self.on)
-        for k in _id_keys(record_id):
-            if k in idx:
-                self.used.add(idx[k])
-                return self.rows[idx[k]]
-        return None
 
 
 # --------------------------------------------------------------------------- report
