@@ -633,13 +633,16 @@ def convert(
     stdin: Iterable[str] | None = None,
     compression: str = "zstd",
     wrap=None,
+    shard: tuple[int, int] | None = None,
 ) -> ConvertResult:
     """Convert raw ECG files into one record table at ``dest`` ('-' for stdout).
 
     ``fs``: the sampling rate of .csv/.npy arrays, and the rate EDF and MFER channels are resampled
     to (else they give one record per rate); ``waveform``: ``rhythm`` (default) or ``median`` for GE
     MUSE files; ``all_channels``: keep the non-ECG channels of EDF and MFER files.
-    ``wrap(iterable, total)`` may wrap the per-chunk iterator (a progress bar).
+    ``wrap(iterable, total)`` may wrap the per-chunk iterator (a progress bar). ``shard`` (K, N):
+    only the records whose id falls in shard K (the split every command uses; the records of one
+    file stay together, under the file's record id).
     """
     from ecgtool.io import TableWriter
 
@@ -647,7 +650,15 @@ def convert(
         raise UsageError(f"--waveform {waveform!r}: choose rhythm or median")
     errors = errors if errors is not None else RecordErrors("fail")
     found = discover(inputs, stdin)
-    if not found.items:
+    if shard is not None and found.items:
+        from ecgtool.io.shard import in_shard
+
+        n_all = len(found.items)
+        found.items = [it for it in found.items if in_shard(it.record_id, shard)]
+        log.info("shard %d of %d: %d of %d records", shard[0], shard[1], len(found.items), n_all)
+        if not found.items:
+            log.warning("shard %d of %d holds none of the %d records: its output is empty", *shard, n_all)
+    if not found.items and shard is None:
         raise InputError("no ECG records found in the inputs",
                          "convert reads WFDB, GE MUSE, Philips, HL7 aECG, DICOM, SCP-ECG, EDF, MFER and Apple Health "
                          "files (docs/formats.md); give .csv/.npy files by name")

@@ -11,7 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, OnError, Output, OutputFormat, Workers
+from ecgtool.cli.options import BatchSize, NoShard, OnError, Output, OutputFormat, Shard, Workers
 
 log = logging.getLogger("ecgtool")
 
@@ -27,6 +27,8 @@ def convert(
     output_format: OutputFormat = None,
     workers: Workers = 1,
     batch_size: BatchSize = 64,
+    shard: Shard = None,
+    no_shard: NoShard = False,
     on_error: OnError = None,
     join: Annotated[
         Optional[List[str]],
@@ -107,7 +109,14 @@ def convert(
         return progress(chunks, total=None, desc="convert", unit="rec",
                         count=lambda res: sum(b.num_rows for b in res.batches) + len(res.errors))
 
-    res = run_convert(inputs, output, fmt=output_format, workers=workers, batch_size=batch_size,
+    from ecgtool.io.shard import parse_shard, shard_path
+
+    sh = parse_shard(shard, use_env=not no_shard)
+    if workers == 1:
+        from ecgtool.io.threads import chosen_threads
+
+        workers = chosen_threads() or 1  # -@ N: N reader processes unless -j says otherwise
+    res = run_convert(inputs, shard_path(output, sh), shard=sh, fmt=output_format, workers=workers, batch_size=batch_size,
                       errors=errors, join=join or (), join_key=join_key, fs=fs, leads=lead_names,
                       waveform=waveform, all_channels=all_channels, wrap=wrap)
     if res.ignored:
