@@ -9,6 +9,12 @@
   and the histogram of predicted probabilities under it.
 * ``scaling.png``: macro AUROC against the number of training records
   (mean ± SD over seeds, each seed as a dot).
+* ``risk_coverage.png``: selective prediction, the error rate among the
+  records kept against the fraction kept (most confident first), AURC in the
+  legend; the conformal coverage when the report has it.
+
+:func:`forest_plot` draws the paired differences of ``ecgtool compare`` (and
+of ``probe --baseline``): per label and macro, the difference with its CI.
 """
 
 from __future__ import annotations
@@ -196,7 +202,82 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[Path]
         fig.savefig(p, dpi=110)
         plt.close(fig)
         written.append(p)
+    sel = report.get("selective")
+    if sel:
+        written.append(risk_coverage_figure(plt, report, out / "risk_coverage.png"))
     return written
+
+
+def risk_coverage_figure(plt, report: dict, path: Path) -> Path:
+    sel = report["selective"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if "per_label" in sel:
+        curves = [(n, c) for n, c in sel["per_label"].items() if c.get("aurc") is not None][:MAX_OVERLAY]
+        title = "Risk–coverage, test split" + (f"\nmacro AURC {sel['macro_aurc']:.3f}"
+                                               if sel.get("macro_aurc") is not None else "")
+    else:
+        curves = [("all classes", sel)] if sel.get("aurc") is not None else []
+        title = "Risk–coverage, test split (top-class probability)"
+    for j, (name, c) in enumerate(curves):
+        ax.plot(c["coverage"], c["risk"], lw=1.6, color=f"C{j % 10}", ls="-" if j < 10 else ":",
+                label=f"{name} (AURC {c['aurc']:.3f})")
+    conf = report.get("conformal", {}).get("test", {})
+    cov = conf.get("coverage") or conf.get("coverage_all_labels")
+    if cov and cov.get("value") is not None:
+        ci = cov.get("ci") or [cov["value"], cov["value"]]
+        ax.text(0.02, 0.97, f"conformal coverage {cov['value']:.3f} [{ci[0]:.3f}–{ci[1]:.3f}] "
+                f"(target {report['conformal']['target_coverage']:.2f})", transform=ax.transAxes,
+                va="top", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (fraction of records kept, most confident first)",
+           ylabel="risk (error rate among kept records)", title=title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.92))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def forest_plot(cmp: dict, path: str | Path, metrics: tuple[str, ...] = ("auroc", "auprc", "f1")) -> Path:
+    """Paired differences (model − reference) per label and macro, with CIs, one panel per metric."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    diffs = cmp["differences"]
+    labels = list(cmp["labels"])
+    rows = labels + ["macro"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.42 * len(rows) * max(1, len(diffs))
+                                                        + 1.6), sharey=True, squeeze=False)
+    axes = axes[0]
+    step = 0.8 / max(1, len(diffs))
+    for a, met in zip(axes, metrics):
+        for d_i, d in enumerate(diffs):
+            for r, name in enumerate(rows):
+                e = (d["macro"] if name == "macro" else d["per_label"][name])[met]
+                y = r + (d_i - (len(diffs) - 1) / 2) * step
+                if e.get("value") is None:
+                    a.plot([0], [y], "x", color="grey", ms=5)
+                    continue
+                ci = e.get("ci") or [e["value"], e["value"]]
+                color = f"C{d_i % 10}"
+                a.plot(ci, [y, y], "-", color=color, lw=2 if name == "macro" else 1.4)
+                a.plot([e["value"]], [y], "D" if name == "macro" else "o", color=color, ms=6 if name == "macro" else 4,
+                       label=f"{d['model']} − {d['reference']}" if r == 0 else None)
+        a.axvline(0, color="k", lw=1, ls="--")
+        a.set_title(f"Δ {met.upper() if met != 'f1' else 'F1'} (paired {int(cmp['bootstrap']['level'] * 100)}% CI)")
+        a.grid(alpha=0.3, axis="x")
+        a.set_xlabel("difference")
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels(rows)
+    axes[0].invert_yaxis()
+    handles, texts = axes[0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="lower center", ncol=min(3, max(1, len(diffs))), fontsize=8, frameon=False)
+    fig.suptitle(f"{cmp['n_records']} records, {cmp['bootstrap']['n']} paired bootstrap resamples", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1 if len(diffs) <= 3 else 0.16, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _reliability(plt, c: dict, p_before, p_after, path: Path, xlabel: str, ylabel: str, title: str) -> Path:

@@ -1,4 +1,4 @@
-"""Classification metrics with percentile-bootstrap confidence intervals.
+"""Classification metrics with bootstrap confidence intervals.
 
 Every metric is written for *weighted* samples: a bootstrap resample is a row
 of counts (how many times each test sample was drawn), so one call evaluates
@@ -10,6 +10,18 @@ Python loop. With unit weights the values equal scikit-learn's
 A metric that cannot be computed is ``nan``: AUROC and AUPRC without a
 positive or without a negative sample, F1 and sensitivity without a positive,
 specificity without a negative; :func:`summarise` turns it into ``{"value": None, "reason": ...}``.
+
+Interval hygiene: every interval is checked to contain its point estimate.
+The percentile interval can exclude it when the bootstrap distribution is
+skewed or biased (small test sets, AUPRC of a rare label, a macro average
+whose resamples lose a label). Then the bias-corrected and accelerated (BCa)
+interval is tried (Efron 1987: bias correction ``z0`` from the share of
+resamples below the estimate, acceleration ``a`` from jackknife values over
+records). Because the jackknife acceleration obeys ``|a| <= 1/6``, BCa holds
+the estimate exactly when the percentile interval does (up to ties), so
+where both exclude it the interval reported is the normal one, estimate ±
+z·SD of the resamples, which holds it by construction. The summary names the
+method (``ci_method``: percentile, bca or normal) and why (``ci_note``).
 """
 
 from __future__ import annotations
@@ -239,8 +251,49 @@ def evaluate(
         macro_point[k] = float(point[k][ok].mean()) if ok.any() else np.nan
         # A resample where a computable label becomes uncomputable gives no macro value.
         macro_boot[k] = bootarr[k][:, ok].mean(axis=1) if ok.any() else np.full(bootarr[k].shape[0], np.nan)
-    return {"point": point, "boot": bootarr, "macro_point": macro_point, "macro_boot": macro_boot,
-            "level": level}
+    out = {"point": point, "boot": bootarr, "macro_point": macro_point, "macro_boot": macro_boot,
+           "level": level, "jack": None, "macro_jack": None}
+    # Jackknife values (for BCa) only when some percentile interval excludes its point estimate.
+    if n_boot > 0 and n > 1 and _any_excluded(out, level):
+        jw = jackknife_weights(n, seed)
+        jack = metrics_for(jw)
+        out["jack"] = jack
+        out["macro_jack"] = {k: (jack[k][:, np.isfinite(point[k])].mean(axis=1) if np.isfinite(point[k]).any()
+                                 else np.full(jw.shape[0], np.nan)) for k in ALL_METRICS}
+    return out
+
+
+def _any_excluded(ev: dict, level: float) -> bool:
+    for k in ALL_METRICS:
+        cols = [(ev["point"][k][j], ev["boot"][k][:, j]) for j in range(ev["point"][k].size)]
+        cols.append((ev["macro_point"][k], ev["macro_boot"][k]))
+        for v, b in cols:
+            if np.isfinite(v):
+                ci = percentile_ci(b, level)
+                if ci is not None and not (ci[0] <= v <= ci[1]):
+                    return True
+    return False
+
+
+def jackknife_weights(n: int, seed: int = 0, max_groups: int = 200) -> np.ndarray:
+    """(G, n) weights leaving out one record (n <= max_groups) or one of ``max_groups`` random groups."""
+    if n <= max_groups:
+        w = np.ones((n, n), dtype=np.float32)
+        np.fill_diagonal(w, 0.0)
+        return w
+    groups = np.random.default_rng(seed + 7919).permutation(n) % max_groups
+    w = np.ones((max_groups, n), dtype=np.float32)
+    w[groups, np.arange(n)] = 0.0
+    return w
+
+
+def ev_summary(ev: dict, metric: str, j: int | None, reason: str | None = None) -> dict:
+    """:func:`summarise` of one label (``j``) or of the macro average (``j=None``) of an :func:`evaluate` result."""
+    if j is None:
+        jack = ev["macro_jack"][metric] if ev.get("macro_jack") else None
+        return summarise(ev["macro_point"][metric], ev["macro_boot"][metric], ev["level"], reason, jack)
+    jack = ev["jack"][metric][:, j] if ev.get("jack") else None
+    return summarise(ev["point"][metric][j], ev["boot"][metric][:, j], ev["level"], reason, jack)
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
@@ -253,15 +306,130 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, floa
     return float(lo), float(hi)
 
 
-def summarise(value: float, samples: np.ndarray, level: float = 0.95, reason: str | None = None) -> dict:
-    """``{"value", "ci", "n_boot"}``; value ``None`` plus ``reason`` when not computable."""
+def bca_ci(samples: np.ndarray, value: float, jack: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Bias-corrected and accelerated bootstrap interval (Efron 1987).
+
+    ``samples``: bootstrap values; ``value``: the point estimate; ``jack``:
+    jackknife (leave-one-out or leave-one-group-out) values of the statistic.
+    ``None`` when it is not defined (every resample on one side of the
+    estimate, or fewer than two finite values)."""
+    from scipy.special import ndtr, ndtri
+
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    j = np.asarray(jack, dtype=np.float64) if jack is not None else np.zeros(0)
+    j = j[np.isfinite(j)]
+    if x.size < 2 or j.size < 2:
+        return None
+    frac = (np.sum(x < value) + 0.5 * np.sum(x == value)) / x.size
+    if not 0.0 < frac < 1.0:
+        return None
+    z0 = float(ndtri(frac))
+    d = j.mean() - j
+    den = 6.0 * float(np.sum(d ** 2)) ** 1.5
+    a = float(np.sum(d ** 3)) / den if den > 0 else 0.0
+    alpha = (1 - level) / 2
+    qs = []
+    for z in (ndtri(alpha), ndtri(1 - alpha)):
+        t = z0 + z
+        denom = 1 - a * t
+        if denom <= 0:
+            return None
+        qs.append(float(ndtr(z0 + t / denom)))
+    lo, hi = np.quantile(x, qs)
+    return float(lo), float(hi)
+
+
+def normal_ci(samples: np.ndarray, value: float, level: float = 0.95) -> tuple[float, float] | None:
+    """``value ± z * SD(bootstrap values)``, clipped to the range the values live in ([0, 1] for a metric,
+    [-1, 1] for a difference of metrics): contains ``value`` by construction."""
+    from scipy.special import ndtri
+
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return None
+    half = float(ndtri(1 - (1 - level) / 2)) * float(x.std(ddof=1))
+    lo, hi = value - half, value + half
+    allv = np.r_[x, value]
+    floor = 0.0 if allv.min() >= 0 else -1.0 if allv.min() >= -1 else -np.inf
+    ceil = 1.0 if allv.max() <= 1 else np.inf
+    return float(max(lo, floor)), float(min(hi, ceil))
+
+
+def summarise(value: float, samples: np.ndarray, level: float = 0.95, reason: str | None = None,
+              jack: np.ndarray | None = None) -> dict:
+    """``{"value", "ci", "n_boot", "ci_method"}``; value ``None`` plus ``reason`` when not computable.
+
+    The interval is the percentile interval, checked to contain the point estimate. Where it does
+    not, the BCa interval (from the jackknife values ``jack``) is tried; BCa moves its limits by the
+    bias correction ``z0`` and the acceleration ``a``, and since ``|a| <= 1/6`` it contains the
+    estimate exactly when the percentile interval does (up to ties), so where it too excludes it the
+    interval is the normal one, estimate ± z·SD of the bootstrap values (clipped to [0, 1] or [-1, 1]).
+    ``ci_method`` says which, ``ci_note`` why (with the intervals that excluded the estimate)."""
     if value is None or not np.isfinite(value):
         return {"value": None, "ci": None, "reason": reason or "not computable"}
+    value = float(value)
     ci = percentile_ci(samples, level)
     finite = int(np.isfinite(samples).sum()) if samples is not None else 0
-    out = {"value": float(value), "ci": list(ci) if ci else None, "n_boot": finite}
+    out: dict = {"value": value, "ci": list(ci) if ci else None, "n_boot": finite}
     if samples is not None and len(samples) and finite < len(samples):
         out["n_boot_undefined"] = int(len(samples) - finite)
+    if ci is None:
+        return out
+    out["ci_method"] = "percentile"
+    if ci[0] <= value <= ci[1]:
+        return out
+    note = f"the percentile interval [{ci[0]:.4g}, {ci[1]:.4g}] excluded the point estimate"
+    alt = bca_ci(samples, value, jack, level) if jack is not None else None
+    if alt is not None and alt[0] <= value <= alt[1]:
+        out.update(ci=list(alt), ci_method="bca", ci_note=note + "; BCa interval")
+        return out
+    if alt is not None:
+        note += f", and so did the BCa interval [{alt[0]:.4g}, {alt[1]:.4g}]"
+    elif jack is not None:
+        note += " (BCa not defined: the resamples lie on one side of it)"
+    nrm = normal_ci(samples, value, level)
+    out.update(ci=list(nrm), ci_method="normal",
+               ci_note=note + "; normal interval: estimate ± z·SD of the bootstrap values")
+    return out
+
+
+def ci_methods(summaries) -> dict:
+    """Counts of interval methods over nested summaries (for the report's protocol block)."""
+    counts = {"percentile": 0, "bca": 0, "normal": 0}
+
+    def walk(x):
+        if isinstance(x, dict):
+            if "ci_method" in x and "value" in x:
+                counts[x["ci_method"]] = counts.get(x["ci_method"], 0) + 1
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(summaries)
+    return counts
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int, seed: int = 0, level: float = 0.95,
+                   mask: np.ndarray | None = None) -> dict:
+    """Mean of ``values`` (e.g. 0/1 coverage indicators) with its bootstrap interval over records."""
+    v = np.asarray(values, dtype=np.float64)
+    m = np.isfinite(v) if mask is None else (np.asarray(mask, dtype=bool) & np.isfinite(v))
+    v = v[m]
+    if v.size == 0:
+        return {"value": None, "ci": None, "reason": "no records"}
+    point = float(v.mean())
+    boot = np.zeros(0)
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        chunk = max(1, int(4_000_000 // v.size))
+        boot = np.concatenate([w @ v / v.size for w in bootstrap_weights(v.size, n_boot, rng, chunk)])
+    jack = (v.sum() - v) / max(v.size - 1, 1) if v.size > 1 else None
+    out = summarise(point, boot, level, None, jack)
+    out["n"] = int(v.size)
     return out
 
 

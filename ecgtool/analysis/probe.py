@@ -24,6 +24,19 @@ Protocol (nothing is tuned on the test split):
 
 Several embeddings per record (segments) are averaged per record before
 anything else, so that a record never sits in two splits.
+
+Heads (``--head``): ``linear`` (above); ``attention``: a learnable-query
+attention pooling and a linear layer over the per-token features of
+``embed --local`` (:mod:`ecgtool.analysis.attention_probe`), the frozen
+mode of the ICLR-2026 benchmark; ``knn``: the vote of the k nearest training
+records (:mod:`ecgtool.retrieval.knn`), smoothed to log-odds. Every head gets
+the same splits, thresholds, temperature, CIs, conformal calibration and
+report.
+
+Conformal prediction (:mod:`ecgtool.analysis.conformal`) is calibrated on the
+validation split at ``alpha`` and its empirical coverage reported on the test
+split with a CI; the risk–coverage curve (selective prediction) and its area
+are reported too.
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ class ProbeData:
     meta: dict[str, np.ndarray]  # column -> (R,) object
     multiclass: bool = False
     counts: dict[str, Any] = field(default_factory=dict)
+    tokens: list[np.ndarray] | None = None  # per record (frames, D) per-token features, for --head attention
 
     @property
     def mask(self) -> np.ndarray:
@@ -124,6 +138,28 @@ def _pool_first(inverse: np.ndarray, n_groups: int, values: np.ndarray) -> np.nd
     return values[first]
 
 
+def token_rows(col: pa.ChunkedArray | pa.Array, name: str = "local") -> list[np.ndarray]:
+    """Per row (frames, D) float32 arrays from a list<fixed_size_list<float32, D>> column (``embed --local``)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    typ = arr.type
+    if not ((pa.types.is_list(typ) or pa.types.is_large_list(typ)) and pa.types.is_fixed_size_list(typ.value_type)):
+        raise InputError(f"{name}: column type {typ} is not a list of per-token vectors",
+                         "write it with 'ecgtool embed --local' (list<fixed_size_list<float32, D>>)")
+    d = typ.value_type.list_size
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = _float_numpy(arr.flatten().flatten()).reshape(-1, d)
+    offs = np.r_[0, np.cumsum(lengths)]
+    return [flat[offs[i]:offs[i + 1]] for i in range(len(lengths))]
+
+
+def subset(data: ProbeData, idx: np.ndarray) -> ProbeData:
+    """The records ``idx`` of ``data`` (in that order)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return ProbeData(record_ids=data.record_ids[idx], X=data.X[idx], Y=data.Y[idx], label_names=data.label_names,
+                     meta={k: v[idx] for k, v in data.meta.items()}, multiclass=data.multiclass,
+                     counts=dict(data.counts), tokens=[data.tokens[i] for i in idx] if data.tokens else None)
+
+
 def load_probe_data(
     emb: pa.Table,
     labels: pa.Table | None = None,
@@ -132,13 +168,16 @@ def load_probe_data(
     multiclass: bool = False,
     emb_name: str = "embeddings",
     labels_name: str = "labels",
+    tokens: bool = False,
 ) -> ProbeData:
     """Pool embeddings per record, drop non-finite rows, join the labels.
 
     ``labels`` is a label table joined by ``record_id``; without it, the label
     columns ``label_names`` are read from the embedding table itself.
     ``label_meta_names`` are the label names the label table's metadata lists
-    (used when ``label_names`` is not given).
+    (used when ``label_names`` is not given). ``tokens``: also read the
+    per-token features (column ``local``, from ``embed --local``); the tokens
+    of a record's segments are concatenated in row order.
     """
     counts: dict[str, Any] = {}
     if "record_id" not in emb.column_names:
@@ -158,6 +197,13 @@ def load_probe_data(
                     ", ".join(bad_ids))
     emb_meta = {c: _column_as_objects(emb.column(c)) for c in emb.column_names
                 if c not in STRUCTURAL and _is_flat(emb.schema.field(c).type)}
+    tok_rows = None
+    if tokens:
+        if "local" not in emb.column_names:
+            raise UsageError(f"{emb_name}: no per-token features (column 'local') for --head attention",
+                             "embed with 'ecgtool embed --local' (it writes the pooled embedding and the tokens)")
+        tok_rows = token_rows(emb.column("local"), f"{emb_name}: local")
+        tok_rows = [t for t, ok in zip(tok_rows, finite) if ok]
     X, ids = X[finite], ids[finite]
     emb_meta = {k: v[finite] for k, v in emb_meta.items()}
     if ids.size == 0:
@@ -181,6 +227,12 @@ def load_probe_data(
         counts["segments_pooled"] = {"rows": int(ids.size), "records": int(R),
                                      "max_per_record": int(n_per.max())}
     counts["records"] = int(R)
+    rec_tokens = None
+    if tok_rows is not None:
+        rec_tokens = [[] for _ in range(R)]
+        for i, g in enumerate(inverse):
+            rec_tokens[g].append(tok_rows[i])
+        rec_tokens = [t[0] if len(t) == 1 else np.concatenate(t) for t in rec_tokens]
 
     meta = dict(emb_meta)
     if labels is not None:
@@ -209,6 +261,8 @@ def load_probe_data(
             log.warning("joined %d of %d embedded records with %d labelled records", n_join, R, lu.size)
         rows = lfirst[pos[hit]]
         X, rec_ids = X[hit], rec_ids[hit]
+        if rec_tokens is not None:
+            rec_tokens = [t for t, h in zip(rec_tokens, hit) if h]
         meta = {k: v[hit] for k, v in meta.items()}
         sel = pa.array(rows, type=pa.int64())
         lab_tab = labels.take(sel)
@@ -266,7 +320,7 @@ def load_probe_data(
         Y = np.column_stack([_binary_values(n_, cols[n_]) for n_ in names]) if names else np.zeros((len(X), 0))
         label_list = list(names)
     return ProbeData(record_ids=rec_ids, X=X, Y=Y, label_names=label_list, meta=meta,
-                     multiclass=multiclass, counts=counts)
+                     multiclass=multiclass, counts=counts, tokens=rec_tokens)
 
 
 def _binary_values(name: str, values: np.ndarray) -> np.ndarray:
@@ -629,6 +683,9 @@ def _band_order(keys: list[str], edges: list[float] | None) -> list[str]:
 # =========================================================================== the probe
 
 
+HEADS = ("linear", "attention", "knn")
+
+
 @dataclass
 class ProbeOptions:
     C: float | None = None
@@ -643,6 +700,11 @@ class ProbeOptions:
     scaling_seeds: int = 3
     max_iter: int = 500
     max_subgroup_values: int = 20
+    head: str = "linear"
+    k: int = 10
+    knn_metric: str = "cosine"
+    alpha: float | None = 0.1
+    attention: Any = None  # AttentionOptions (None: defaults, seeded with ``seed``)
 
 
 def _label_matrix(data: ProbeData) -> tuple[np.ndarray, np.ndarray]:
@@ -657,36 +719,122 @@ def _label_matrix(data: ProbeData) -> tuple[np.ndarray, np.ndarray]:
     return np.nan_to_num(data.Y, nan=0.0).astype(bool), M
 
 
+@dataclass
+class HeadFit:
+    """Validation and test logits of one split, and what was chosen on validation."""
+
+    zv: np.ndarray
+    zt: np.ndarray
+    C: list | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _knn_logits(frac: np.ndarray, k: int, multiclass: bool) -> np.ndarray:
+    """Vote fractions of k neighbours -> smoothed log-odds (binary) or log-probabilities (classes)."""
+    f = np.nan_to_num(np.asarray(frac, dtype=np.float64), nan=0.5)
+    if multiclass:
+        K = f.shape[1]
+        return np.log((f * k + 1.0 / K) / (k + 1.0))
+    return np.log((f * k + 0.5) / ((1.0 - f) * k + 0.5))
+
+
+def fit_head(data: ProbeData, tr: np.ndarray, val: np.ndarray, test: np.ndarray, opts: ProbeOptions,
+             C: float | np.ndarray | None = None, c_grid: Sequence[float] | None = None) -> HeadFit:
+    """Fit ``opts.head`` on the records ``tr`` (choices on ``val``); logits of ``val`` and ``test``."""
+    K = len(data.label_names) if data.multiclass else None
+    if opts.head == "linear":
+        if C is not None and np.ndim(C) > 0 and not data.multiclass:
+            mean, scale = fit_stats(data.X[tr])
+            W, b = fit_logistic(standardise(data.X[tr], mean, scale), data.Y[tr], data.mask[tr],
+                                np.asarray(C, dtype=np.float64), False, max_iter=opts.max_iter)
+            model = LinearModel(mean, scale, W, b, np.asarray(C, dtype=np.float64), False)
+        else:
+            c1 = None if C is None else float(np.asarray(C).ravel()[0])
+            model = fit_probe(data.X[tr], data.Y[tr], data.mask[tr], data.X[val], data.Y[val], data.mask[val],
+                              data.multiclass, K, c1 if c1 is not None else opts.C,
+                              c_grid if c_grid is not None else opts.c_grid, opts.max_iter)
+        return HeadFit(model.logits(data.X[val]), model.logits(data.X[test]), model.C.tolist())
+    if opts.head == "knn":
+        try:
+            from ecgtool.retrieval.knn import knn_class_scores, knn_scores
+        except ImportError:  # pragma: no cover - the retrieval package ships with ecgtool
+            raise UsageError("--head knn needs ecgtool.retrieval.knn, which this installation lacks") from None
+        q = np.concatenate([val, test])
+        if data.multiclass:
+            f = knn_class_scores(data.X[tr], data.Y[tr], len(data.label_names), data.X[q], k=opts.k,
+                                 metric=opts.knn_metric)
+        else:
+            f = knn_scores(data.X[tr], data.Y[tr], data.X[q], k=opts.k, metric=opts.knn_metric)
+        z = _knn_logits(f, opts.k, data.multiclass)
+        return HeadFit(z[: val.size], z[val.size:], None, {"k": opts.k, "metric": opts.knn_metric})
+    if opts.head == "attention":
+        from ecgtool.analysis.attention_probe import AttentionOptions, fit_attention
+
+        if data.tokens is None:
+            raise UsageError("--head attention needs per-token features",
+                             "embed with 'ecgtool embed --local' and probe that table")
+        ao = opts.attention or AttentionOptions(seed=opts.seed)
+        n_out = len(data.label_names)
+        tok = data.tokens
+        model = fit_attention([tok[i] for i in tr], data.Y[tr], data.mask[tr], [tok[i] for i in val],
+                              data.Y[val], data.mask[val], data.multiclass, n_out, ao)
+        return HeadFit(model.logits([tok[i] for i in val]), model.logits([tok[i] for i in test]), None,
+                       dict(model.info))
+    raise UsageError(f"--head {opts.head!r}: expected one of {', '.join(HEADS)}")
+
+
+def _head_description(opts: ProbeOptions, multiclass: bool) -> str:
+    if opts.head == "attention":
+        return ("learnable-query attention pooling (bias-free q/k/v/out projections) + linear layer over the "
+                "standardised per-token features; AdamW, epoch chosen on validation loss")
+    if opts.head == "knn":
+        return (f"k-nearest-neighbour vote (k={opts.k}, {opts.knn_metric}) over the training records, "
+                "smoothed to log-odds")
+    return "L2 logistic regression on standardised embeddings" + (" (softmax)" if multiclass else " (one per label)")
+
+
 def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple[dict, dict]:
     """Fit, predict, evaluate. Returns (JSON-ready report, arrays for figures)."""
+    from ecgtool.analysis import conformal as cf
+
     if opts.threshold_rule not in ("f1", "youden"):
         raise UsageError(f"unknown threshold rule {opts.threshold_rule!r}", "use f1 or youden")
+    if opts.head not in HEADS:
+        raise UsageError(f"--head {opts.head!r}: expected one of {', '.join(HEADS)}")
+    if opts.alpha is not None:
+        cf.check_alpha(opts.alpha)
     names = data.label_names
     L = len(names)
-    K = L if data.multiclass else None
     Yb, Mb = _label_matrix(data)
     n = len(data.record_ids)
     logits = np.full((n, L), np.nan)
     probs = np.full((n, L), np.nan)
     probs_cal = np.full((n, L), np.nan)
     preds = np.zeros((n, L), dtype=bool)
+    thr_rec = np.full((n, L), np.nan)  # the validation threshold each test record was decided with
     in_test = np.zeros(n, dtype=bool)
     fold_info = []
     has_threshold = np.ones(L, dtype=bool)
     temps_all: list[list[float | None]] = []
     thr_all: list[list[float | None]] = []
-    C_all = []
+    C_all: list = []
+    head_info: list[dict] = []
+    conf_cal: list[dict] = []
+    sets = np.zeros((n, L), dtype=bool)          # multi-class: APS set membership
+    has1 = np.ones((n, L), dtype=bool)           # multi-label: 1 in the set
+    has0 = np.ones((n, L), dtype=bool)           # multi-label: 0 in the set
+    conf_ok = np.ones(L, dtype=bool)
     clock = {"fit": 0.0, "evaluate": 0.0, "subgroups": 0.0, "scaling": 0.0}
     t0 = time.perf_counter()
     for sp in splits:
         tr = sp.train[data.mask[sp.train] if data.multiclass else Mb[sp.train].any(axis=1)]
         if tr.size == 0:
             raise InputError(f"{sp.name}: no labelled record in the training split")
-        model = fit_probe(data.X[tr], data.Y[tr], data.mask[tr], data.X[sp.val], data.Y[sp.val],
-                          data.mask[sp.val], data.multiclass, K, opts.C, opts.c_grid, opts.max_iter)
-        zv = model.logits(data.X[sp.val])
-        zt = model.logits(data.X[sp.test])
-        C_all.append(model.C.tolist())
+        hf = fit_head(data, tr, sp.val, sp.test, opts)
+        zv, zt = hf.zv, hf.zt
+        if hf.C is not None:
+            C_all.append(hf.C)
+        head_info.append(hf.info)
         logits[sp.test] = zt
         in_test[sp.test] = True
         if data.multiclass:
@@ -699,9 +847,15 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
             preds[sp.test] = pred
             temps_all.append([T])
             thr_all.append([])
+            if opts.alpha is not None:
+                c = cf.calibrate_aps(cal.apply_temperature(zv, T, multiclass=True), data.Y[sp.val],
+                                     opts.alpha, names)
+                conf_cal.append(c)
+                sets[sp.test] = cf.aps_sets(probs_cal[sp.test], c)
         else:
             ts, thr = [], []
             pv = expit(zv)
+            pv_cal = np.full_like(pv, np.nan)
             for j in range(L):
                 mv = Mb[sp.val, j]
                 yv = Yb[sp.val, j][mv]
@@ -713,10 +867,18 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
                     has_threshold[j] = False
                 else:
                     preds[sp.test, j] = expit(zt[:, j]) >= t
+                    thr_rec[sp.test, j] = t
                 probs_cal[sp.test, j] = cal.apply_temperature(zt[:, j], T)
+                pv_cal[:, j] = cal.apply_temperature(zv[:, j], T)
             probs[sp.test] = expit(zt)
             temps_all.append(ts)
             thr_all.append(thr)
+            if opts.alpha is not None:
+                c = cf.calibrate_labels(pv_cal, Yb[sp.val], Mb[sp.val], opts.alpha, names)
+                conf_cal.append(c)
+                h1, h0, ok = cf.label_sets(probs_cal[sp.test], c, names)
+                has1[sp.test], has0[sp.test] = h1, h0
+                conf_ok &= ok
         fold_info.append({"name": sp.name, "train": int(tr.size), "val": int(sp.val.size), "test": int(sp.test.size)})
 
     clock["fit"] = time.perf_counter() - t0
@@ -732,32 +894,41 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
         entry: dict[str, Any] = {"n_test": int(m.sum()), "n_pos": npos, "n_neg": nneg}
         if not data.multiclass:
             entry["threshold"] = [t[j] for t in thr_all] if len(splits) > 1 else thr_all[0][j]
-            entry["C"] = [c[j] for c in C_all] if len(splits) > 1 else C_all[0][j]
+            if C_all:
+                entry["C"] = [c[j] for c in C_all] if len(splits) > 1 else C_all[0][j]
         for k in mt.ALL_METRICS:
             reason = mt.metric_reason(k, npos, nneg, bool(has_threshold[j]))
-            entry[k] = mt.summarise(ev["point"][k][j], ev["boot"][k][:, j], opts.level, reason)
+            entry[k] = mt.ev_summary(ev, k, j, reason)
         if not data.multiclass:
             entry["calibration"] = _calibration_binary(Yt[m, j], logits[test][m, j], probs_cal[test][m, j],
                                                        [t[j] for t in temps_all], opts.n_bins, npos, nneg)
         per_label[name] = entry
-    macro = {k: mt.summarise(ev["macro_point"][k], ev["macro_boot"][k], opts.level,
-                             "no label is computable on the test split") for k in mt.ALL_METRICS}
+    macro = {k: mt.ev_summary(ev, k, None, "no label is computable on the test split") for k in mt.ALL_METRICS}
     macro["labels_computable"] = {k: int(np.isfinite(ev["point"][k]).sum()) for k in mt.ALL_METRICS}
+    protocol: dict[str, Any] = {
+        "pooling": "mean of segment embeddings per record" if opts.head != "attention"
+        else "per-token features of every segment of a record, concatenated",
+        "head": opts.head,
+        "model": _head_description(opts, data.multiclass),
+        "threshold": "argmax" if data.multiclass else f"max {'F1' if opts.threshold_rule == 'f1' else 'Youden J'} on validation",
+        "temperature": "fitted on validation (NLL)",
+        "bootstrap": {"n": opts.n_boot, "seed": opts.seed, "level": opts.level,
+                      "method": "percentile, checked to contain the point estimate; where it does not, BCa, "
+                                "else the normal interval (bootstrap SD)"},
+        "splits": fold_info,
+    }
+    if opts.head == "linear":
+        protocol["C"] = opts.C if opts.C is not None else {"chosen_on": "validation log-loss",
+                                                           "grid": list(opts.c_grid)}
+    else:
+        protocol["head_fit"] = head_info if len(head_info) > 1 else head_info[0]
     report: dict[str, Any] = {
         "task": "multiclass" if data.multiclass else "multilabel",
+        "head": opts.head,
         "labels": names,
         "records": data.counts,
         "embedding_dim": int(data.X.shape[1]),
-        "protocol": {
-            "pooling": "mean of segment embeddings per record",
-            "model": "L2 logistic regression on standardised embeddings"
-                     + (" (softmax)" if data.multiclass else " (one per label)"),
-            "C": opts.C if opts.C is not None else {"chosen_on": "validation log-loss", "grid": list(opts.c_grid)},
-            "threshold": "argmax" if data.multiclass else f"max {'F1' if opts.threshold_rule == 'f1' else 'Youden J'} on validation",
-            "temperature": "fitted on validation (NLL)",
-            "bootstrap": {"n": opts.n_boot, "seed": opts.seed, "level": opts.level, "method": "percentile"},
-            "splits": fold_info,
-        },
+        "protocol": protocol,
         "metrics": {"per_label": per_label, "macro": macro},
     }
     if data.multiclass:
@@ -767,8 +938,18 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
         report["metrics"]["accuracy"] = float(np.mean(zt.argmax(axis=1) == yt)) if yt.size else None
         report["calibration"] = _calibration_multiclass(yt, zt, probs_cal[test][mk], [t[0] for t in temps_all],
                                                         opts.n_bins)
-        report["protocol"]["C"] = report["protocol"]["C"] if opts.C is not None else \
-            {"chosen_on": "validation log-loss", "grid": list(opts.c_grid), "chosen": [c[0] for c in C_all]}
+        if opts.head == "linear" and opts.C is None:
+            report["protocol"]["C"] = {"chosen_on": "validation log-loss", "grid": list(opts.c_grid),
+                                       "chosen": [c[0] for c in C_all]}
+    # conformal prediction, calibrated on validation, coverage on test
+    if opts.alpha is not None:
+        report["conformal"] = _conformal_report(data, test, conf_cal, sets, has1, has0, conf_ok, Yt, Mt,
+                                                probs_cal[test], opts)
+    # selective prediction: the risk–coverage curve
+    if data.multiclass:
+        report["selective"] = cf.selective_multiclass(probs_cal[test], data.Y[test])
+    else:
+        report["selective"] = cf.selective_labels(Pt, Yt, Mt, thr_rec[test], names)
     clock["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if opts.subgroups:
@@ -776,12 +957,56 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
     clock["subgroups"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if opts.scaling:
-        report["scaling"] = _scaling(data, splits[0], Yb, Mb, opts, C_all[0])
+        report["scaling"] = _scaling(data, splits[0], Yb, Mb, opts, C_all[0] if C_all else None)
     clock["scaling"] = time.perf_counter() - t0
+    report["protocol"]["bootstrap"]["intervals"] = mt.ci_methods(report["metrics"])
+    report["test_predictions"] = _test_predictions(data, test, Yt, Mt, Pt, preds[test], has_threshold)
     report["timings_s"] = {k: round(v, 3) for k, v in clock.items()}
     arrays = {"Y": Yt, "M": Mt, "P": Pt, "P_cal": probs_cal[test], "labels": names, "multiclass": data.multiclass,
-              "y_class": data.Y[test] if data.multiclass else None}
+              "y_class": data.Y[test] if data.multiclass else None, "preds": preds[test],
+              "has_pred": has_threshold, "record_ids": data.record_ids[test]}
     return report, arrays
+
+
+def _test_predictions(data, test, Yt, Mt, Pt, Pr, has_threshold) -> dict:
+    """Per test record: truth (null = unknown), probabilities and decisions, for ``ecgtool compare``."""
+    y = np.where(Mt, Yt.astype(np.float64), np.nan)
+    return {"record_ids": [str(r) for r in data.record_ids[test]], "labels": list(data.label_names),
+            "y": [[None if not np.isfinite(v) else int(v) for v in row] for row in y],
+            "p": Pt.tolist(), "pred": Pr.astype(int).tolist(), "has_pred": [bool(v) for v in has_threshold]}
+
+
+def _conformal_report(data, test, cals, sets, has1, has0, ok, Yt, Mt, Pt_cal, opts) -> dict:
+    from ecgtool.analysis import conformal as cf
+
+    names = data.label_names
+    out: dict[str, Any] = {"alpha": opts.alpha, "target_coverage": 1 - opts.alpha,
+                           "calibrated_on": "the validation split of each fold (the same records that chose "
+                                            "the threshold and the temperature)"}
+    if data.multiclass:
+        out["method"] = ("adaptive prediction sets (APS, Romano et al. 2020), non-randomised: the classes, most "
+                         "probable first, whose probability mass ranked above them is at most qhat")
+        out["calibration"] = cals if len(cals) > 1 else cals[0]
+        out["test"] = cf.evaluate_sets(sets[test], data.Y[test], names, opts.n_boot, opts.seed, opts.level)
+        return out
+    out["method"] = ("class-conditional split conformal per label: positive if p >= t_pos and p > t_neg, "
+                     "negative if p <= t_neg and p < t_pos, abstain otherwise")
+    per_fold = [c["labels"] for c in cals]
+    cal_labels = {}
+    for name in names:
+        es = [f[name] for f in per_fold]
+        cal_labels[name] = es[0] if len(es) == 1 else {"folds": es}
+    out["calibration"] = cal_labels
+    d = np.full(has1[test].shape, cf.ABSTAIN, dtype=np.int8)
+    h1, h0 = has1[test], has0[test]
+    d[h1 & ~h0] = cf.POSITIVE
+    d[h0 & ~h1] = cf.NEGATIVE
+    out["test"] = cf.evaluate_decisions(d, ok, Yt, Mt, names, h1, h0, opts.n_boot, opts.seed, opts.level)
+    for name in names:
+        if not ok[names.index(name)]:
+            reasons = [f[name].get("reason") for f in per_fold if f[name].get("reason")]
+            out["test"]["per_label"][name]["reason"] = reasons[0] if reasons else "not computable"
+    return out
 
 
 def _calib_block(y, p, n_bins, logits=None, T=None, multiclass=False) -> dict:
@@ -846,10 +1071,9 @@ def _subgroups(data, test, Yt, Mt, Pt, Pr, has_threshold, opts) -> dict:
                 npos, nneg = int(Yt[rows][m, j].sum()), int((~Yt[rows][m, j]).sum())
                 per[name] = {"n": int(m.sum()), "n_pos": npos}
                 for k in mt.ALL_METRICS:
-                    per[name][k] = mt.summarise(ev["point"][k][j], ev["boot"][k][:, j], opts.level,
-                                                mt.metric_reason(k, npos, nneg, bool(has_threshold[j])))
-            macro = {k: mt.summarise(ev["macro_point"][k], ev["macro_boot"][k], opts.level,
-                                     "no label is computable in this subgroup") for k in ("auroc", "auprc")}
+                    per[name][k] = mt.ev_summary(ev, k, j, mt.metric_reason(k, npos, nneg, bool(has_threshold[j])))
+            macro = {k: mt.ev_summary(ev, k, None, "no label is computable in this subgroup")
+                     for k in ("auroc", "auprc")}
             table[key] = {"n": int(rows.size), "per_label": per, "macro": macro}
         out[spec] = {"column": col, "bands": edges, "groups": table}
     return out
@@ -858,7 +1082,7 @@ def _subgroups(data, test, Yt, Mt, Pt, Pr, has_threshold, opts) -> dict:
 def _scaling(data: ProbeData, sp: Split, Yb, Mb, opts: ProbeOptions, C_chosen) -> dict:
     """Macro AUROC on the test split against the number of training records."""
     tr = sp.train[data.mask[sp.train] if data.multiclass else Mb[sp.train].any(axis=1)]
-    Cs = np.asarray(C_chosen, dtype=np.float64)
+    Cs = np.asarray(C_chosen if C_chosen is not None else [np.nan], dtype=np.float64)
     points = []
     skipped = [int(s) for s in opts.scaling if int(s) > tr.size]
     sizes = sorted({int(s) for s in opts.scaling if 0 < int(s) <= tr.size})
@@ -871,6 +1095,19 @@ def _scaling(data: ProbeData, sp: Split, Yb, Mb, opts: ProbeOptions, C_chosen) -
         for s in range(opts.scaling_seeds):
             rng = np.random.default_rng(opts.seed + 1000 + s)
             sub = np.sort(rng.choice(tr, size=size, replace=False))
+            if opts.head != "linear":
+                # the head refitted on the subset, with its choices made on the same validation split
+                z = fit_head(data, sub, sp.val, sp.test, opts).zt
+                if data.multiclass:
+                    ok = np.isin(np.arange(len(data.label_names)), np.unique(data.Y[sub][data.mask[sub]]))
+                else:
+                    ok = np.array([(data.Y[sub][Mb[sub][:, j], j] == 1).any()
+                                   and (data.Y[sub][Mb[sub][:, j], j] == 0).any() for j in range(len(data.label_names))])
+                au = np.array([mt.auroc(Yt[Mt[:, j], j], z[Mt[:, j], j]) if ok[j] else np.nan
+                               for j in range(z.shape[1])])
+                per_label.append(au)
+                vals.append(float(np.nanmean(au)) if np.isfinite(au).any() else float("nan"))
+                continue
             Xs_mean, Xs_scale = fit_stats(data.X[sub])
             Xs = standardise(data.X[sub], Xs_mean, Xs_scale)
             if data.multiclass:
@@ -903,5 +1140,43 @@ def _scaling(data: ProbeData, sp: Split, Yb, Mb, opts: ProbeOptions, C_chosen) -
             },
         })
     return {"metric": "macro AUROC on the test split", "split": sp.name, "seeds": opts.scaling_seeds,
-            "C": "as chosen on validation with all training records", "train_available": int(tr.size),
-            "points": points}
+            "head": opts.head,
+            "C" if opts.head == "linear" else "choices": "as chosen on validation with all training records"
+            if opts.head == "linear" else "made on validation for each subset",
+            "train_available": int(tr.size), "points": points}
+
+
+# =========================================================================== baseline
+
+
+def align_records(a: ProbeData, b: ProbeData, a_name: str, b_name: str) -> tuple[ProbeData, ProbeData]:
+    """Both probes on the records they share, in ``a``'s order (said on stderr when they differ)."""
+    pos = {r: i for i, r in enumerate(b.record_ids.tolist())}
+    ia = np.array([i for i, r in enumerate(a.record_ids.tolist()) if r in pos], dtype=np.int64)
+    if ia.size == 0:
+        raise InputError(f"{a_name} and {b_name} share no record_id",
+                         "embed the same records with the baseline model")
+    if ia.size < len(a.record_ids) or ia.size < len(b.record_ids):
+        log.warning("%s: %d records, %s: %d; both probes use the %d they share", a_name, len(a.record_ids),
+                    b_name, len(b.record_ids), ia.size)
+    ib = np.array([pos[r] for r in a.record_ids[ia].tolist()], dtype=np.int64)
+    return subset(a, ia), subset(b, ib)
+
+
+def paired_difference(arrays: dict, base_arrays: dict, name: str, base_name: str, opts: ProbeOptions) -> dict:
+    """The probe minus the baseline probe on the same test records: per label and macro AUROC, AUPRC and
+    F1 differences with paired bootstrap CIs (the resamples of the probe's own CIs) and DeLong's test."""
+    from ecgtool.analysis.compare import ModelScores, compare_from, paired_bootstrap
+
+    if list(arrays["record_ids"]) != list(base_arrays["record_ids"]):
+        raise InputError("the probe and its baseline were tested on different records")
+    Y, M = arrays["Y"], arrays["M"]
+    labels = list(arrays["labels"])
+    models = [ModelScores(name=n, source=n, kind="probe", record_ids=a["record_ids"], labels=labels, scores=a["P"],
+                          preds=a["preds"], has_pred=a["has_pred"])
+              for n, a in ((base_name, base_arrays), (name, arrays))]
+    res = paired_bootstrap(Y, M, [m.scores for m in models], [m.preds for m in models],
+                           [m.has_pred for m in models], opts.n_boot, opts.seed)
+    c = compare_from(res, models, Y, M, labels, reference=0, level=opts.level)
+    return {"model": name, "reference": base_name, "n_records": c["n_records"], "labels": labels,
+            "bootstrap": c["bootstrap"], "models": c["models"], "differences": c["differences"]}

@@ -16,7 +16,10 @@ COMMANDS = [
     "embed",
     "predict",
     "probe",
+    "compare",
     "saliency",
+    "index",
+    "search",
     "models",
     "info",
 ]

@@ -20,6 +20,8 @@ def embed(
     pool: Annotated[str, typer.Option("--pool", help="Per record: mean or max over windows and segments; none: one row per window.")] = "mean",
     local: Annotated[bool, typer.Option("--local", help="Also write the per-frame (local) features as column 'local'.")] = False,
     layer: Annotated[Optional[int], typer.Option("--layer", help="Features of this transformer layer / network stage (0-based; -1 = last).")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights for the registered architecture -m NAME (default ecgtool-default), drawn from --seed: the untrained baseline of a pretrained model. Named as such in the output's metadata.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --random-init weights.")] = 0,
     device: Device = "auto",
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
@@ -40,6 +42,7 @@ def embed(
       ecgtool convert data/ -o - | ecgtool embed -m ecgfounder-12lead.safetensors - -o emb.parquet
       ecgtool embed -m model.safetensors seg.parquet --pool none --local -o frames.parquet
       sbatch --array=1-8 --wrap 'ecgtool embed -m m.safetensors big.parquet -o emb.parquet'
+      ecgtool embed -m ecgtool-default --random-init --seed 0 rec.parquet -o emb.random.parquet
     """
     import sys
 
@@ -53,7 +56,14 @@ def embed(
     errors = record_errors(on_error)
     sh = parse_shard(shard)
     refuse_terminal(shard_path(output, sh))
-    net, dev = open_model(model, device)
+    if random_init:
+        from ecgtool.models.apply import random_init_model
+        from ecgtool.models.devices import resolve_device
+
+        dev = resolve_device(device)
+        net = random_init_model(model, seed).to(dev)
+    else:
+        net, dev = open_model(model, device)
     with open_input(src, batch_size, errors) as reader:
         stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,
                             batch_size=batch_size, pool=pool, local=local, layer=layer, shard=sh,

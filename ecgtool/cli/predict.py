@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from typing_extensions import Annotated
 
@@ -20,6 +22,7 @@ def predict(
     aggregate: Annotated[str, typer.Option("--aggregate", help="Per record over windows and segments: mean or max (the checkpoint may set some labels to max); none: one row per window.")] = "mean",
     top: Annotated[int, typer.Option("--top", help="Summary: also show this many most probable labels.")] = 5,
     example: Annotated[bool, typer.Option("--example", help="Predict on the example records bundled with ecgtool (four PTB-XL ECGs).")] = False,
+    crops: Annotated[Optional[int], typer.Option("--crops", metavar="K", help="Test-time averaging: K evenly spaced windows of each record longer than the model's window (overlapping where needed), averaged, instead of its non-overlapping windows. The records of a batch need one length (e.g. PTB-XL's 10 s; else 'ecgtool preprocess --length' first).")] = None,
     device: Device = "auto",
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
@@ -29,8 +32,11 @@ def predict(
     """Predict labels: one probability per label, and the findings above threshold.
 
     Output: a table with one float column per label and 'findings' (labels at
-    or above the checkpoint's per-label thresholds). Without -o on a terminal,
-    a readable summary per record instead. The input may be a table or raw ECG
+    or above the checkpoint's per-label thresholds). A checkpoint calibrated by
+    'ecgtool finetune --alpha' adds its conformal output: 'prediction_set' (exclusive
+    classes), or '<label>__decision' (positive / negative / abstain) and
+    'uncertain' (the labels it abstains on). Without -o on a terminal, a
+    readable summary per record instead. The input may be a table or raw ECG
     files (e.g. a .hea), converted on the fly.
 
     \b
@@ -39,6 +45,7 @@ def predict(
       ecgtool predict data/ptbxl/records500/00000/00001_hr.hea
       ecgtool predict -m finetuned.safetensors seg.parquet -o pred.parquet
       ecgtool convert data/ -o - | ecgtool predict - -o - | ecgtool info -
+      ecgtool predict -m ft.safetensors rec.parquet --crops 4 -o pred.parquet
     """
     import sys
     import tempfile
@@ -60,7 +67,7 @@ def predict(
         dest = f"{tmp}/pred.arrow" if summary else shard_path(output or "-", sh)
         with open_input(src, batch_size, errors) as reader:
             stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
-                                  aggregate=aggregate, shard=sh, errors=errors, fmt=output_format,
+                                  aggregate=aggregate, shard=sh, errors=errors, fmt=output_format, crops=crops,
                                   argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
                                                                   "predict", count=lambda b: b.num_rows))
         if summary:
@@ -78,13 +85,22 @@ def _print_summary(path: str, top: int) -> None:
     thr = dict(zip(names, meta.info["thresholds"]))
     con = console()
     con.print(f"model: {meta.info.get('model')}")
+    conf = meta.info.get("conformal")
+    level = f"{100 * (1 - conf['alpha']):g}%" if conf else None
     for row in table.to_pylist():
         con.print(f"\n[bold]{row['record_id']}[/bold]")
         found = row["findings"]
+        unsure = set(row.get("uncertain") or [])
         if found:
             for name in found:
-                con.print(f"  [green]{name}[/green]  {row[name]:.3f}  (threshold {thr[name]:.2f})")
+                tag = "  [yellow]uncertain[/yellow]" if name in unsure else ""
+                con.print(f"  [green]{name}[/green]  {row[name]:.3f}  (threshold {thr[name]:.2f}){tag}")
         else:
             con.print("  no finding above its threshold")
         ranked = sorted(names, key=lambda n: -row[n])[:top]
         con.print("  most probable: " + ", ".join(f"{n} {row[n]:.2f}" for n in ranked))
+        if conf and "prediction_set" in row:
+            con.print(f"  prediction set ({level} conformal): " + ", ".join(row["prediction_set"] or []))
+        elif conf and "uncertain" in row:
+            con.print(f"  uncertain ({level} conformal; the model abstains): "
+                      + (", ".join(n for n in names if n in unsure) or "none"))

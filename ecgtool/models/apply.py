@@ -54,7 +54,97 @@ def model_name(model: torch.nn.Module) -> str:
     if loaded:
         return Path(loaded).name
     prov = (getattr(model, "extra", None) or {}).get("provenance") or {}
+    rw = prov.get("random_weights")
+    if isinstance(rw, dict):
+        return f"{prov.get('random_init')} (random init, seed {rw.get('seed')})"
     return str(prov.get("source") or prov.get("random_init") or getattr(model, "name", None) or model.family)
+
+
+def _backbone_shapes(model: torch.nn.Module) -> dict[str, tuple]:
+    head = f"{model.head_name}." if getattr(model, "head_name", None) else None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if head is None or not k.startswith(head)}
+
+
+def architecture_of(model: torch.nn.Module) -> str | None:
+    """The registered variant a model is an instance of (same family, input contract and backbone
+    tensor shapes), or None. Used to name the weightless architecture of a checkpoint and to find
+    the model card (its pretraining data) of the weights."""
+    from ecgtool.models.card import family_cards
+    from ecgtool.models.checkpoint import build_on_meta
+
+    fam = family_cards().get(getattr(model, "family", ""))
+    if fam is None:
+        return None
+    prov = (getattr(model, "extra", None) or {}).get("provenance") or {}
+    candidates = [n for n in (prov.get("random_init"), getattr(getattr(model, "card", None), "name", None))
+                  if n in fam.variants]
+    candidates += [n for n in fam.variants if n not in candidates]
+    mine = _backbone_shapes(model)
+    c = model.contract
+    for name in candidates:
+        k = fam.variants[name].contract
+        if (float(k.fs), int(k.n_samples), tuple(k.leads)) != (float(c.fs), int(c.n_samples), tuple(c.leads)):
+            continue
+        try:
+            ref = _backbone_shapes(build_on_meta(name))
+        except Exception:  # noqa: BLE001 - a variant that cannot be built on meta is simply no match
+            continue
+        shared = set(ref) & set(mine)
+        if shared and all(ref[key] == mine[key] for key in shared) and set(mine) <= set(ref):
+            return name
+    return None
+
+
+def random_init_model(spec: str | None, seed: int = 0) -> torch.nn.Module:
+    """A registered architecture with random weights drawn from ``seed`` (a baseline: the same
+    architecture, untrained). A checkpoint is refused, naming its weightless architecture."""
+    from pathlib import Path
+
+    from ecgtool.models.registry import create_model, list_models
+
+    name = spec or "ecgtool-default"
+    if name not in list_models():
+        path = Path(name).expanduser()
+        if path.exists():
+            from ecgtool.models.checkpoint import load_model
+
+            arch = architecture_of(load_model(path))
+            hint = (f"give the architecture instead: -m {arch} --random-init" if arch else
+                    "give a registered architecture (see 'ecgtool models') with -m NAME --random-init")
+            raise UsageError(f"--random-init builds an architecture with random weights; {name} is a checkpoint "
+                             "with trained weights" + (f" (architecture {arch})" if arch else ""), hint)
+        import os
+
+        if os.sep in name or path.suffix.lower() in (".safetensors", ".pt", ".pth", ".ckpt", ".bin"):
+            raise UsageError(f"-m {name}: no such file, and --random-init takes a registered architecture",
+                             "see 'ecgtool models' for the architectures, e.g. -m ecgtool-default --random-init")
+        from ecgtool.models.registry import model_card
+
+        model_card(name)  # unknown name: the error with suggestions
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        model = create_model(name)
+    model.extra["provenance"] = {"source": None, "importer": None, "random_init": name,
+                                 "random_weights": {"seed": int(seed)}}
+    return model.eval()
+
+
+def weights_info(model: torch.nn.Module) -> dict:
+    """Metadata fields for embedding and prediction tables: the architecture, whether the weights
+    are random, and the model card's pretraining data (for leakage warnings)."""
+    prov = (getattr(model, "extra", None) or {}).get("provenance") or {}
+    arch = architecture_of(model)
+    out: dict = {"architecture": arch}
+    rw = prov.get("random_weights")
+    if isinstance(rw, dict):
+        out["random_init"] = {"architecture": prov.get("random_init"), "seed": rw.get("seed")}
+        out["pretraining_data"] = []
+        return out
+    from ecgtool.models.card import card
+
+    c = card(arch) if arch else None
+    out["pretraining_data"] = list(c.pretraining_data) if c is not None else None
+    return out
 
 
 class _Output:
@@ -178,9 +268,13 @@ def embed_table(
     new = [pa.field(S.EMBEDDING, pa.list_(pa.float32(), dim))]
     if local:
         new.append(pa.field("local", pa.list_(pa.list_(pa.float32(), dim))))
+    wi = weights_info(model)
+    emb_info = {"dim": dim, "pool": pool, "layer": layer, "local": local, "precision": runner.precision}
+    if "random_init" in wi:
+        emb_info["random_init"] = wi["random_init"]
     meta = reader.meta.derive(kind="embeddings", model=model_name(model), contract=model.contract.to_dict(),
-                              embedding={"dim": dim, "pool": pool, "layer": layer, "local": local,
-                                         "precision": runner.precision}).add_step(argv)
+                              architecture=wi["architecture"], pretraining_data=wi["pretraining_data"],
+                              embedding=emb_info).add_step(argv)
     out = _Output(reader, dest, fmt, meta, pool, new, errors)
 
     def finish(flat, groups):
@@ -230,6 +324,23 @@ def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float
     return names, thresholds, temperature, task, agg
 
 
+def conformal_settings(model: torch.nn.Module, names: list[str], task: str) -> dict | None:
+    """The checkpoint's conformal calibration (written by ``finetune``), checked against its labels."""
+    c = (getattr(model, "extra", None) or {}).get("conformal")
+    if not isinstance(c, dict):
+        return None
+    if task == "multiclass":
+        if c.get("method") != "aps" or list(c.get("classes") or []) != list(names):
+            log.warning("the checkpoint's conformal calibration does not match its classes; it is not used")
+            return None
+        return c
+    labels = c.get("labels") or {}
+    if c.get("method") != "class-conditional" or not set(labels) <= set(names):
+        log.warning("the checkpoint's conformal calibration does not match its labels; it is not used")
+        return None
+    return c
+
+
 def predict_table(
     reader: TableReader,
     dest: str,
@@ -244,12 +355,22 @@ def predict_table(
     fmt: str | None = None,
     argv: Sequence[str] | None = None,
     batches: Iterable[pa.RecordBatch] | None = None,
+    crops: int | None = None,
 ) -> RunStats:
     """Write probabilities per label (one float32 column per label name) and
-    ``findings`` (labels at or above their threshold, most probable first)."""
+    ``findings`` (labels at or above their threshold, most probable first).
+
+    With a conformal calibration in the checkpoint (``finetune``): a multi-class model also writes
+    ``prediction_set`` (the classes of its conformal set), a multi-label one a decision per label
+    (``<label>__decision``: positive, negative or abstain; null where the label could not be
+    calibrated) and ``uncertain`` (the labels it abstains on). ``crops``: average over K evenly
+    spaced windows of each record (test-time augmentation) instead of its non-overlapping windows."""
     errors = errors or RecordErrors()
     names, thresholds, temperature, task, per_label = label_settings(model)
-    adapter = Adapter(model.contract, reader.meta, errors, shard, writable=False)
+    if crops is not None and int(crops) < 1:
+        raise UsageError(f"--crops {crops}: must be 1 or more", "e.g. --crops 4")
+    conformal = conformal_settings(model, names, task)
+    adapter = Adapter(model.contract, reader.meta, errors, shard, writable=False, crops=crops)
     runner = Runner(model, device, precision, batch_size)
 
     def fn(x):
@@ -263,12 +384,26 @@ def predict_table(
             p = flat["probs"]
         else:
             p = np.stack([_aggregate(np.concatenate(g), how, aggregate) for g in groups["probs"]])
-        return prediction_columns(p, names, thresholds, task)
+        cols = prediction_columns(p, names, thresholds, task)
+        if conformal is not None:
+            cols.update(conformal_columns(p, names, task, conformal))
+        return cols
 
     new = [pa.field(n, pa.float32()) for n in names] + [pa.field("findings", pa.list_(pa.string()))]
+    if conformal is not None:
+        if task == "multiclass":
+            new.append(pa.field("prediction_set", pa.list_(pa.string())))
+        else:
+            new += [pa.field(f"{n}__decision", pa.string()) for n in names]
+            new.append(pa.field("uncertain", pa.list_(pa.string())))
+    wi = weights_info(model)
+    extra_info = {"conformal": conformal} if conformal is not None else {}
+    if crops:
+        extra_info["crops"] = int(crops)
     meta = reader.meta.derive(kind="predictions", model=model_name(model), contract=model.contract.to_dict(),
                               label_names=names, thresholds=thresholds.tolist(), temperature=temperature,
-                              task=task, aggregate=aggregate).add_step(argv)
+                              task=task, aggregate=aggregate, architecture=wi["architecture"],
+                              pretraining_data=wi["pretraining_data"], **extra_info).add_step(argv)
     out = _Output(reader, dest, fmt, meta, aggregate, new, errors)
     return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
 
@@ -288,4 +423,22 @@ def prediction_columns(p: np.ndarray, names: list[str], thresholds: np.ndarray, 
         hit = np.flatnonzero(row >= thresholds)
         findings.append([names[k] for k in hit[np.argsort(-row[hit])]])
     cols["findings"] = A.string_lists(findings)
+    return cols
+
+
+def conformal_columns(p: np.ndarray, names: list[str], task: str, conformal: dict) -> dict[str, pa.Array]:
+    """The conformal set (multi-class) or the per-label decisions and the abstained labels (multi-label)."""
+    from ecgtool.analysis import conformal as cf
+
+    if task == "multiclass":
+        sets = cf.aps_sets(p, conformal)
+        order = np.argsort(-p, axis=1, kind="stable")
+        return {"prediction_set": A.string_lists([[names[k] for k in row if s[k]] for row, s in zip(order, sets)])}
+    d, ok = cf.label_decisions(p, conformal, names)
+    cols = {}
+    for j, n in enumerate(names):
+        vals = [cf.DECISIONS[int(v)] if ok[j] else None for v in d[:, j]]
+        cols[f"{n}__decision"] = pa.array(vals, type=pa.string())
+    unc = [[names[j] for j in np.flatnonzero((row == cf.ABSTAIN) & ok)] for row in d]
+    cols["uncertain"] = A.string_lists(unc)
     return cols

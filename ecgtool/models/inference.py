@@ -57,8 +57,12 @@ class Adapter:
     """Turns table batches into (rows, windows, leads, samples) model input."""
 
     def __init__(self, contract: InputContract, meta: S.TableMeta, errors: RecordErrors,
-                 shard: tuple[int, int] | None = None, display: bool = False, writable: bool = True):
+                 shard: tuple[int, int] | None = None, display: bool = False, writable: bool = True,
+                 crops: int | None = None):
         self.contract = contract
+        # K evenly spaced windows over a row longer than the model's window (test-time averaging),
+        # instead of the non-overlapping ones
+        self.crops = crops
         # False: ``x`` may be a read-only view of the Arrow buffer (the caller copies it into batches)
         self.writable = writable
         self.errors = errors
@@ -79,6 +83,8 @@ class Adapter:
             if contract.preset is None:
                 raise UsageError("the model names no preprocessing preset; preprocess the table first")
             cfg = make_config(preset=contract.preset, leads=list(contract.leads))
+            if crops:  # whole records, cropped below (rather than the preset's non-overlapping windows)
+                cfg.segment_s = None
             self.pre = Preprocessor(cfg, errors)
             # the same steps without normalisation: the signal in mV, for pictures
             self.display_pre = (Preprocessor(make_config(preset=contract.preset, leads=list(contract.leads),
@@ -145,12 +151,20 @@ class Adapter:
             self._note(f"resampling {fs0:g} Hz to the model's {c.fs:g} Hz (linear interpolation)")
             x = resample(x, fs0, c.fs, method="linear").astype(np.float32)
         t = x.shape[-1]
-        if t > c.n_samples:
+        if t > c.n_samples and self.crops:
+            starts = np.linspace(0, t - c.n_samples, self.crops).round().astype(np.int64)
+            self._note(f"rows of {t} samples: {self.crops} crop(s) of {c.n_samples} samples, evenly spaced "
+                       f"(starts {', '.join(map(str, starts[:6]))}{', ...' if len(starts) > 6 else ''})")
+            w = np.stack([x[..., a:a + c.n_samples] for a in starts], axis=-3)
+        elif t > c.n_samples:
             if t % c.n_samples:
                 self._note(f"rows of {t} samples are cut into {t // c.n_samples} window(s) of {c.n_samples}; "
                            f"the last {t % c.n_samples} samples are dropped")
             w = windows(x, c.n_samples)  # (N, W, L, n)
         else:
+            if self.crops and self.crops > 1:
+                self._note(f"rows of {t} samples are not longer than the model's window ({c.n_samples}): "
+                           f"one window, --crops {self.crops} has no effect on them", warn=True)
             if t < c.n_samples:
                 self._note(f"rows of {t} samples ({t / c.fs:g} s) are zero-padded to the model's "
                            f"{c.n_samples} ({c.seconds:g} s)", warn=True)

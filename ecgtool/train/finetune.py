@@ -29,8 +29,17 @@ macro AUPRC over the labels with both classes in the validation set; early
 stopping on it. After training, the best model's validation logits give a
 temperature T (one scalar, minimising the validation NLL of logits / T) and
 per-label thresholds on the calibrated probabilities (F1-optimal, see
-:func:`ecgtool.analysis.metrics.choose_threshold`), all stored in the saved
-checkpoint's metadata.
+:func:`ecgtool.analysis.metrics.choose_threshold`) and a split-conformal
+calibration at ``alpha`` (:mod:`ecgtool.analysis.conformal`: adaptive
+prediction sets for ``multiclass``, a positive / negative / abstain decision
+per label otherwise), all stored in the saved checkpoint's metadata
+(``predict`` writes the sets and decisions).
+
+Layer-wise learning rates (``lr_scales``, default 0.1 and 0.01, as the
+ICLR-2026 ECG foundation-model benchmark finetunes): the head trains at
+``lr``, the upper half of the encoder's blocks at ``lr * 0.1``, the lower
+half with the input modules at ``lr * 0.01`` (the model's
+``parameter_groups()``); ``(1, 1)`` trains everything at ``lr``.
 
 Single-lead lead augmentation (ECGFounder, ``lead_augment``): for a model that
 takes Lead I only, each training row's lead I is replaced by
@@ -74,7 +83,7 @@ class FinetuneConfig:
     pos_weight: bool = True
     pu_prior_scale: float = 1.0
     lr: float = 5e-5
-    lr_scales: tuple[float, float] = (1.0, 1.0)  # multipliers of lr for the upper and the lower encoder blocks
+    lr_scales: tuple[float, float] = (0.1, 0.01)  # multipliers of lr for the upper and the lower encoder blocks
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -90,6 +99,7 @@ class FinetuneConfig:
     lead_dropout: float = 0.0                 # each lead zeroed with this probability (as RLM)
     single_lead_prob: float = 0.0             # or, with this probability, all leads but one zeroed
     eval_batch_size: int = 64
+    alpha: float | None = 0.1                 # conformal calibration on validation (None: none)
 
     def check(self) -> None:
         if self.task not in TASKS:
@@ -112,6 +122,10 @@ class FinetuneConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1]")
         if self.fold_column and not self.val_folds:
             raise UsageError("--fold-column needs --val-folds")
+        if self.alpha is not None:
+            from ecgtool.analysis.conformal import check_alpha
+
+            check_alpha(self.alpha)
 
 
 # --------------------------------------------------------------------------- models
@@ -280,6 +294,8 @@ class Finetuner:
                                       "to train this architecture from random weights (a baseline)") from None
             raise
         self.model_spec = model
+        if not from_scratch and self.dist.is_main:
+            self.report["leakage"] = self._leakage(base)
         self.model, fresh = classifier_from(base, names, from_scratch=from_scratch)
         self.report["fresh_tensors"] = len(fresh)
         self.report["from_scratch"] = bool(from_scratch)
@@ -314,6 +330,17 @@ class Finetuner:
                          find_unused_parameters=False)
 
     # -- set-up helpers --------------------------------------------------------
+
+    def _leakage(self, base: nn.Module) -> list[dict]:
+        """Warn when the table's records come from a dataset the base model's card lists as pretraining data."""
+        from ecgtool.analysis.leakage import detect_sources, warn_overlap
+        from ecgtool.models.apply import model_name, weights_info
+
+        data = weights_info(base).get("pretraining_data")
+        if not data:
+            return []
+        sources = detect_sources(self.data.table, self.data.meta)
+        return warn_overlap(model_name(base), data, sources, f"{self.data.name} (its validation and test splits)")
 
     def _param_groups(self, trainable: list[nn.Parameter]) -> list[dict]:
         """Layer-wise learning rates: the head at --lr, the upper and lower encoder blocks at
@@ -525,23 +552,62 @@ class Finetuner:
             t = choose_threshold(y[obs, k], p[obs, k]) if obs.any() else None
             thresholds.append(float(t) if t is not None else 0.5)
         val = macro_scores(y, p, self.multiclass)
+        conformal = self._conformal(p, y)
         report = dict(self.report)
         report.update(best_step=st.best_step, best_val_macro_auprc=st.best_score, steps=st.step,
                       stopped_early=st.stopped_early, temperature=temp, thresholds=thresholds,
                       val=val, evals=st.evals)
+        if conformal is not None:
+            report["conformal"] = conformal
         if len(self.test_idx):
             zt, yt = self.record_level(self.test_idx)
-            report["test"] = macro_scores(yt, self.scores(zt, temp), self.multiclass)
+            pt = self.scores(zt, temp)
+            report["test"] = macro_scores(yt, pt, self.multiclass)
+            if conformal is not None:
+                report["test_conformal"] = self._coverage(pt, yt, conformal)
         if self.dist.is_main:
             base = dict((self.model.extra or {}).get("provenance") or {})
             # this checkpoint's own provenance, with the model it was finetuned from as its base (a chain)
             prov = {"source": Path(self.output).name, "importer": None, "trained_by": "ecgtool finetune",
                     "base": {"spec": str(self.model_spec), **base}, "from_scratch": report["from_scratch"]}
+            extra = {"conformal": conformal} if conformal is not None else {}
             save_checkpoint(self.model, self.output, thresholds=thresholds, temperature=temp, provenance=prov,
-                            task="multiclass" if self.multiclass else "multilabel",
+                            task="multiclass" if self.multiclass else "multilabel", **extra,
                             training={"task": self.cfg.task, "mode": self.cfg.mode, "data": self.data.name,
                                       "split": report.get("split"), "best_step": st.best_step,
                                       "val": val, "test": report.get("test")})
         report["output"] = str(self.output)
         shutdown(self.dist)
         return report
+
+    @staticmethod
+    def _class_index(y: np.ndarray) -> np.ndarray:
+        """Class per record from one-hot rows (NaN rows: -1, unknown)."""
+        return np.where(np.isnan(y).all(1), -1, np.nan_to_num(y).argmax(1)).astype(np.int64)
+
+    def _conformal(self, p: np.ndarray, y: np.ndarray) -> dict | None:
+        """Split-conformal calibration on the validation records' calibrated probabilities."""
+        from ecgtool.analysis import conformal as cf
+
+        if self.cfg.alpha is None:
+            return None
+        if self.multiclass:
+            c = cf.calibrate_aps(p, self._class_index(y), self.cfg.alpha, self.label_names)
+        else:
+            c = cf.calibrate_labels(p, y, None, self.cfg.alpha, self.label_names)
+            bad = [f"{n} ({e['reason']})" for n, e in c["labels"].items() if "reason" in e]
+            if bad and self.dist.is_main:
+                log.warning("conformal: %d label(s) not calibrated: %s", len(bad), "; ".join(bad))
+        c["calibrated_on"] = f"validation split ({len(p)} records)"
+        return c
+
+    def _coverage(self, p: np.ndarray, y: np.ndarray, c: dict) -> dict:
+        """Empirical coverage of the conformal output on the test split (no bootstrap here)."""
+        from ecgtool.analysis import conformal as cf
+
+        if self.multiclass:
+            return cf.evaluate_sets(cf.aps_sets(p, c), self._class_index(y), self.label_names, 0, 0, 0.95)
+        d, ok = cf.label_decisions(p, c, self.label_names)
+        h1, h0, _ = cf.label_sets(p, c, self.label_names)
+        M = ~np.isnan(y)
+        return cf.evaluate_decisions(d, ok, np.nan_to_num(y) > 0.5, M, self.label_names, h1, h0, 0, 0, 0.95)
