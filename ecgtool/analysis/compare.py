@@ -679,7 +679,7 @@ def truth_from_labels(label_table, ids: np.ndarray, names: Sequence[str],
                       labels_name: str) -> tuple[np.ndarray, list[str]]:
     """(n, L) 1/0/NaN for ``ids`` from a label table (one 1/0 column per label, or one column of class
     names whose values are the label names), and the names the table has no truth for."""
-    from ecgtool.analysis.probe import _binary_values
+    from ecgtool.analysis.labelvalues import binary_values
 
     if "record_id" not in label_table.column_names:
         raise InputError(f"{labels_name}: no record_id column")
@@ -711,7 +711,7 @@ def truth_from_labels(label_table, ids: np.ndarray, names: Sequence[str],
     absent = []
     for j, n in enumerate(names):
         if n in cols:
-            vals = _binary_values(n, np.array(label_table.column(n).to_pylist(), dtype=object))
+            vals = binary_values(n, np.array(label_table.column(n).to_pylist(), dtype=object))
             out[hit, j] = vals[rows[hit]]
         elif class_col is not None:
             vals = label_table.column(class_col).to_pylist()

@@ -55,6 +55,7 @@ from scipy.special import expit, log_softmax, logsumexp, softmax
 
 from ecgtool.analysis import calibration as cal
 from ecgtool.analysis import metrics as mt
+from ecgtool.analysis.labelvalues import binary_values
 from ecgtool.errors import InputError, UsageError
 
 log = logging.getLogger("ecgtool")
@@ -317,32 +318,10 @@ def load_probe_data(
         counts["records_not_exactly_one_class"] = n_drop
         label_list = classes
     else:
-        Y = np.column_stack([_binary_values(n_, cols[n_]) for n_ in names]) if names else np.zeros((len(X), 0))
+        Y = np.column_stack([binary_values(n_, cols[n_]) for n_ in names]) if names else np.zeros((len(X), 0))
         label_list = list(names)
     return ProbeData(record_ids=rec_ids, X=X, Y=Y, label_names=label_list, meta=meta,
                      multiclass=multiclass, counts=counts, tokens=rec_tokens)
-
-
-def _binary_values(name: str, values: np.ndarray) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        if isinstance(v, str):
-            v = v.strip().lower()
-            if v in ("", "nan", "na", "none"):
-                continue
-            v = {"true": 1, "false": 0, "yes": 1, "no": 0}.get(v, v)
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise InputError(f"label {name!r}: value {values[i]!r} is not 1/0/missing",
-                             "use --multiclass for a single column of class names")
-        if f not in (0.0, 1.0):
-            raise InputError(f"label {name!r}: value {values[i]!r} is not 1/0/missing",
-                             "use --multiclass for a single column of class names")
-        out[i] = f
-    return out
 
 
 def _multiclass_targets(cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], int]:
@@ -357,7 +336,7 @@ def _multiclass_targets(cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[s
         Y = np.array([-1 if (v is None or (isinstance(v, float) and math.isnan(v))) else index[str(v)]
                       for v in vals], dtype=np.int64)
         return Y, classes, 0
-    B = np.column_stack([_binary_values(n, cols[n]) for n in names])
+    B = np.column_stack([binary_values(n, cols[n]) for n in names])
     one = np.nansum(B, axis=1) == 1
     Y = np.where(one, np.nanargmax(np.nan_to_num(B, nan=0.0), axis=1), -1).astype(np.int64)
     n_drop = int((~one).sum())

@@ -8,7 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat, Precision, Shard
+from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat, NoShard, Precision, Shard
 
 
 @app.command("embed")
@@ -26,6 +26,7 @@ def embed(
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
     shard: Shard = None,
+    no_shard: NoShard = False,
     on_error: OnError = None,
 ) -> None:
     """Embed ECGs with a model: one vector per record (or per window).
@@ -54,7 +55,7 @@ def embed(
     from ecgtool.io.stream import refuse_terminal
 
     errors = record_errors(on_error)
-    sh = parse_shard(shard)
+    sh = parse_shard(shard, use_env=not no_shard)
     refuse_terminal(shard_path(output, sh))
     if random_init:
         from ecgtool.models.apply import random_init_model

@@ -8,7 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, OutputFormat, Precision, Shard
+from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, OutputFormat, NoShard, Precision, Shard
 
 
 @app.command("predict")
@@ -27,6 +27,7 @@ def predict(
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
     shard: Shard = None,
+    no_shard: NoShard = False,
     on_error: OnError = None,
 ) -> None:
     """Predict labels: one probability per label, and the findings above threshold.
@@ -60,7 +61,7 @@ def predict(
 
         src = str(EXAMPLES)
     errors = record_errors(on_error)
-    sh = parse_shard(shard)
+    sh = parse_shard(shard, use_env=not no_shard)
     summary = output == "" and sys.stdout.isatty()
     net, dev = open_model(model, device)
     with tempfile.TemporaryDirectory(prefix="ecgtool-predict-") as tmp:
