@@ -246,8 +246,9 @@ class Preprocessor:
     per-record errors.
     """
 
-    def __init__(self, config: PreprocessConfig, errors: RecordErrors | None = None):
+    def __init__(self, config: PreprocessConfig, errors: RecordErrors | None = None, for_model: bool = False):
         self.cfg = config
+        self.for_model = for_model  # run by embed/predict/saliency for a model's preset (hints name preprocess)
         self.errors = errors if errors is not None else RecordErrors("fail")
         self.fs: float | None = config.fs
         self.leads: list[str] | None = list(config.leads) if config.leads else None
@@ -461,10 +462,12 @@ class Preprocessor:
         if not mask.any():
             for r in ids:
                 rename = f"--rename {shlex.quote(names[0] + '=I')}"
-                self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})",
-                           f"name its lead with {rename}" if "," in names[0] else
-                           f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}, "
-                           f"or name its lead with {rename}")
+                hint = (f"name its lead with {rename}" if "," in names[0] else
+                        f"choose leads it has with --leads, e.g. --leads {shlex.quote(names[0])}, "
+                        f"or name its lead with {rename}")
+                if self.for_model:  # embed / predict / saliency have no such options: name the command that has
+                    hint = f"rename its lead first: ecgtool preprocess {rename} ... (then give that table)"
+                self._fail(r, f"has none of the leads {', '.join(self.leads)} (it has {', '.join(names)})", hint)
             return None
         q = Q.quality_flags(x, mask, self.limits, fs)
         keep = np.ones(len(x), dtype=bool)

@@ -116,3 +116,27 @@ def test_convert_of_only_bad_records_writes_nothing(tmp_path):
     r = _ecgtool("convert", tmp_path / "trunc.hea", "-o", tmp_path / "c.parquet")
     assert r.returncode == 1 and b"x.dat is missing" in r.stderr and b"nothing written" in r.stderr
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_predict_example_takes_no_file_and_hints_name_the_command_that_has_the_option(data_dir, tmp_path):
+    r = _ecgtool("predict", "--example", _record(data_dir), "-o", tmp_path / "p.parquet")
+    assert r.returncode == 2 and b"takes no input" in r.stderr
+    rec = tmp_path / "odd.parquet"
+    assert _ecgtool("-q", "convert", data_dir / "wfdb-samples" / "310derive.hea", "-o", rec).returncode == 0
+    r = _ecgtool("predict", rec, "-o", tmp_path / "p.parquet")
+    assert r.returncode == 1 and b"ecgtool preprocess --rename" in r.stderr and b"choose leads it has" not in r.stderr
+
+
+def test_a_temperature_at_its_search_bound_is_a_warning(caplog):
+    import logging
+
+    import numpy as np
+
+    from ecgtool.analysis.calibration import fit_temperature
+
+    z = np.array([-50.0, -40.0, 40.0, 50.0])  # separable, hugely over-confident: T runs to the upper edge
+    y = np.array([0, 1, 0, 1])
+    logging.getLogger("ecgtool").propagate = True
+    with caplog.at_level(logging.WARNING, logger="ecgtool"):
+        fit_temperature(z, y)
+    assert any("edge of its search range" in m for m in caplog.messages)

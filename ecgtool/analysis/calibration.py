@@ -42,6 +42,12 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, multiclass: bool = False) -> f
     f = nll_multiclass if multiclass else nll_binary
     res = minimize_scalar(lambda lt: f(z, y, float(np.exp(lt))), bounds=(-4.0, 4.0), method="bounded",
                           options={"xatol": 1e-4})
+    if abs(abs(float(res.x)) - 4.0) < 1e-2:  # at the edge of the search: the calibration is not to be trusted
+        import logging
+
+        logging.getLogger("ecgtool").warning(
+            "the fitted temperature %.3g is at the edge of its search range (e^-4 .. e^4): the validation split "
+            "may be too small or one-sided for calibration", float(np.exp(res.x)))
     return float(np.exp(res.x))
 
 

@@ -59,6 +59,11 @@ def predict(
     if example:
         from ecgtool.data import EXAMPLES
 
+        if src != "-":
+            from ecgtool.errors import UsageError
+
+            raise UsageError(f"--example predicts on the bundled example records, so it takes no input ({src})",
+                             "leave out --example to predict on your file")
         src = str(EXAMPLES)
     errors = record_errors(on_error)
     sh = parse_shard(shard, use_env=not no_shard)
@@ -66,11 +71,18 @@ def predict(
     net, dev = open_model(model, device)
     with tempfile.TemporaryDirectory(prefix="ecgtool-predict-") as tmp:
         dest = f"{tmp}/pred.arrow" if summary else shard_path(output or "-", sh)
+        from ecgtool.errors import InputError
+
         with open_input(src, batch_size, errors) as reader:
-            stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
-                                  aggregate=aggregate, shard=sh, errors=errors, fmt=output_format, crops=crops,
-                                  argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
-                                                                  "predict", count=lambda b: b.num_rows))
+            try:
+                stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
+                                      aggregate=aggregate, shard=sh, errors=errors, fmt=output_format, crops=crops,
+                                      argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
+                                                                      "predict", count=lambda b: b.num_rows))
+            except InputError as exc:
+                if summary and exc.message.startswith("nothing written"):  # the table was for the summary only
+                    raise InputError("no record could be predicted", exc.hint) from None
+                raise
         if summary:
             _print_summary(dest, top)
     finish(errors, None if summary else f"predicted {stats.rows_out} rows from {stats.rows_in} input rows")

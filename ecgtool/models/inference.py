@@ -85,7 +85,7 @@ class Adapter:
             cfg = make_config(preset=contract.preset, leads=list(contract.leads))
             if crops:  # whole records, cropped below (rather than the preset's non-overlapping windows)
                 cfg.segment_s = None
-            self.pre = Preprocessor(cfg, errors)
+            self.pre = Preprocessor(cfg, errors, for_model=True)
             # the same steps without normalisation: the signal in mV, for pictures
             self.display_pre = (Preprocessor(make_config(preset=contract.preset, leads=list(contract.leads),
                                                          normalisation="none"), RecordErrors("skip"))

@@ -235,4 +235,11 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, multiclass: boo
             a, c, fc = c, d, fd
             d = a + g * (b - a)
             fd = nll(math.exp(d))
-    return float(math.exp((a + b) / 2))
+    t = (a + b) / 2
+    if min(t - lo, hi - t) < 1e-2:  # at the edge of the search: the calibration is not to be trusted
+        import logging
+
+        logging.getLogger("ecgtool").warning(
+            "the fitted temperature %.3g is at the edge of its search range (0.05 .. 20): the validation split "
+            "may be too small or one-sided for calibration", math.exp(t))
+    return float(math.exp(t))
