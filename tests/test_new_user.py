@@ -140,3 +140,20 @@ def test_a_temperature_at_its_search_bound_is_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="ecgtool"):
         fit_temperature(z, y)
     assert any("edge of its search range" in m for m in caplog.messages)
+
+
+def test_embed_and_predict_take_several_inputs(data_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    heas = [data_dir / "ptbxl-500" / "records500" / "00000" / f"0000{i}_hr.hea" for i in (1, 2)]
+    r = _ecgtool("predict", *heas, "-o", tmp_path / "p.parquet")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(tmp_path / "p.parquet").num_rows == 2
+    parts = []
+    for k, h in enumerate(heas):
+        parts.append(tmp_path / f"r{k}.parquet")
+        assert _ecgtool("-q", "convert", h, "-o", parts[-1]).returncode == 0
+    r = _ecgtool("embed", *parts, "-o", tmp_path / "e.parquet")
+    assert r.returncode == 0 and pq.read_table(tmp_path / "e.parquet").num_rows == 2
+    r = _ecgtool("embed", parts[0], heas[1], "-o", tmp_path / "x.parquet")
+    assert r.returncode == 2 and b"mix tables" in r.stderr

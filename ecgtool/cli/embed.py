@@ -8,12 +8,12 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, Output, OutputFormat, NoShard, Precision, Shard
+from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, Output, OutputFormat, NoShard, Precision, Shard
 
 
 @app.command("embed")
 def embed(
-    src: Input = "-",
+    src: Inputs = None,
     model: Model = None,
     output: Output = "-",
     output_format: OutputFormat = None,

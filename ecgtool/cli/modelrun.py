@@ -33,8 +33,8 @@ def open_model(spec: str | None, device: str, allow_random: bool = False):
     return model, dev
 
 
-def open_input(src: str, batch_size: int, errors=None):
-    """A TableReader over a table, or over raw ECG files converted on the fly.
+def open_input(src, batch_size: int, errors=None):
+    """A TableReader over a table (or several read as one), or over raw ECG files converted on the fly.
 
     ``errors`` (the command's ``--on-error`` policy) also receives the records
     that cannot be converted, so they count, and ``fail`` stops at them."""
@@ -44,6 +44,21 @@ def open_input(src: str, batch_size: int, errors=None):
 
     from ecgtool.io.stream import TABLE_SUFFIXES
 
+    if src is None or (isinstance(src, (list, tuple)) and not src):
+        src = "-"
+    if isinstance(src, (list, tuple)):
+        if len(src) == 1:
+            src = src[0]
+        else:
+            tables = [s for s in src if Path(s).is_file() and sniff(_head(Path(s))) not in (None, "npy")]
+            if len(tables) == len(src):
+                return open_table(list(src), batch_size=batch_size, threads=default_threads())
+            if tables:
+                raise UsageError(f"inputs mix tables ({tables[0]}) and raw ECG files",
+                                 "give tables, or raw files and folders (converted on the fly), not both")
+            from ecgtool.convert import RecordsReader
+
+            return RecordsReader(list(src), batch_size, errors)
     p = Path(src)
     tables_only = p.is_dir() and any(q.suffix.lower() in TABLE_SUFFIXES for q in p.iterdir()) and not any(
         q.suffix.lower() in (".hea", ".xml", ".dcm", ".csv", ".npy", ".mat", ".edf", ".scp") for q in p.iterdir())

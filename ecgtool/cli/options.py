@@ -8,6 +8,12 @@ import typer
 from typing_extensions import Annotated
 
 Input = Annotated[str, typer.Argument(metavar="INPUT", help="Input table (Parquet, Arrow IPC or NPZ); '-' for stdin.")]
+Inputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(metavar="INPUT...", help="Input tables (Parquet, Arrow IPC or NPZ; several, a folder of part files "
+                   "or a glob are read as one table) or raw ECG files and folders (converted on the fly); '-' "
+                   "(the default) for stdin."),
+]
 Output = Annotated[
     str,
     typer.Option("-o", "--output", metavar="FILE", help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise)."),

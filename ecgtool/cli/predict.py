@@ -8,12 +8,12 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, OnError, OutputFormat, NoShard, Precision, Shard
+from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, OutputFormat, NoShard, Precision, Shard
 
 
 @app.command("predict")
 def predict(
-    src: Input = "-",
+    src: Inputs = None,
     model: Model = None,
     output: Annotated[
         str, typer.Option("-o", "--output", help="Output table; default: a summary on a terminal, else stdout.")
@@ -59,12 +59,12 @@ def predict(
     if example:
         from ecgtool.data import EXAMPLES
 
-        if src != "-":
+        if src:
             from ecgtool.errors import UsageError
 
-            raise UsageError(f"--example predicts on the bundled example records, so it takes no input ({src})",
+            raise UsageError(f"--example predicts on the bundled example records, so it takes no input ({' '.join(src)})",
                              "leave out --example to predict on your file")
-        src = str(EXAMPLES)
+        src = [str(EXAMPLES)]
     errors = record_errors(on_error)
     sh = parse_shard(shard, use_env=not no_shard)
     summary = output == "" and sys.stdout.isatty()

@@ -8,12 +8,12 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Input, Model, NoShard, OnError, Output, OutputFormat, Shard
+from ecgtool.cli.options import BatchSize, Device, Inputs, Model, NoShard, OnError, Output, OutputFormat, Shard
 
 
 @app.command("saliency")
 def saliency(
-    src: Input = "-",
+    src: Inputs = None,
     model: Model = None,
     output: Output = "-",
     output_format: OutputFormat = None,
