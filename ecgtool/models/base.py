@@ -50,6 +50,15 @@ class EcgModel(nn.Module):
         self.extra: dict[str, Any] = {}
         self.card = None  # the registered variant's card, when built from the registry
 
+    @staticmethod
+    def check_io(contract: InputContract, n_inputs: int, label_names: Sequence[str] | None,
+                 n_outputs: int | None) -> None:
+        """The contract has one lead per input channel, and label names one per output (ValueError)."""
+        if len(contract.leads) != n_inputs:
+            raise ValueError(f"contract has {len(contract.leads)} leads but the model takes {n_inputs} input channels")
+        if label_names is not None and (n_outputs is None or len(label_names) != n_outputs):
+            raise ValueError(f"{len(label_names)} label names for {n_outputs} outputs")
+
     @classmethod
     def from_config(cls, config: dict[str, Any], contract: InputContract | dict | None = None,
                     label_names: Sequence[str] | None = None) -> "EcgModel":

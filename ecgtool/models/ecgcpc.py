@@ -372,11 +372,7 @@ class ECGCPC(EcgModel):
                  label_names: list[str] | None = None):
         cfg = normalise_config(config or {})
         contract = contract or _default_contract(cfg["in_channels"])
-        if len(contract.leads) != cfg["in_channels"]:
-            raise ValueError(f"contract has {len(contract.leads)} leads but the model takes "
-                             f"{cfg['in_channels']} input channels")
-        if label_names is not None and (cfg["n_classes"] is None or len(label_names) != cfg["n_classes"]):
-            raise ValueError(f"{len(label_names)} label names for {cfg['n_classes']} outputs")
+        self.check_io(contract, cfg["in_channels"], label_names, cfg["n_classes"])
         super().__init__(cfg, contract, label_names)
         self.ts_encoder = _TSEncoder(cfg)
         self.head = self.make_classifier(cfg["n_classes"]) if cfg["n_classes"] else None

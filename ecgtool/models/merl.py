@@ -181,16 +181,12 @@ class MerlResNet(EcgModel):
                  label_names: list[str] | None = None):
         cfg = normalise_config(config or {})
         contract = contract or (CONTRACT_MERL if cfg["projection_size"] else CONTRACT_BENCH)
-        if len(contract.leads) != cfg["in_channels"]:
-            raise ValueError(f"contract has {len(contract.leads)} leads but the model takes "
-                             f"{cfg['in_channels']} input channels")
+        self.check_io(contract, cfg["in_channels"], label_names, cfg["n_classes"])
         if cfg["projection_size"] and output_length(contract.n_samples) != cfg["spacial_dim"]:
             raise ValueError(
                 f"the attention pool takes {cfg['spacial_dim']} tokens, but the contract's {contract.n_samples} "
                 f"samples give {output_length(contract.n_samples)}: MERL's own contract is 5000 samples (10 s "
                 "at 500 Hz); the benchmark's 2.5 s windows need the encoder without the heads (merl-resnet18-bench)")
-        if label_names is not None and (cfg["n_classes"] is None or len(label_names) != cfg["n_classes"]):
-            raise ValueError(f"{len(label_names)} label names for {cfg['n_classes']} outputs")
         super().__init__(cfg, contract, label_names)
 
         w = cfg["widths"]
