@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -42,3 +43,16 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ecgtool_logger():
+    """Each test starts with the 'ecgtool' logger as the library leaves it: a command run in-process
+    (CliRunner) gives it a handler on that run's captured stderr, closed afterwards, and stops it
+    propagating, so a later test's caplog would see nothing."""
+    yield
+    lg = logging.getLogger("ecgtool")
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.propagate = True
+    lg.setLevel(logging.NOTSET)
