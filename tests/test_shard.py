@@ -59,3 +59,31 @@ def test_shards_of_preprocess_cover_the_unsharded_run(data_dir, tmp_path, cli):
     # the parts read back as one table, in one command
     r = cli(["info", str(tmp_path / "seg.shard*of3.parquet")])
     assert r.exit_code == 0 and f"{len(whole)} rows" in r.stdout
+
+
+def test_shards_of_label_match_the_shards_of_convert(data_dir, tmp_path, cli, monkeypatch):
+    """label --shard K/N keeps the records of shard K of every other step (the same hash of record_id), and a
+    SLURM array task labels its own shard, saying so."""
+    import pyarrow.parquet as pq
+
+    heas = sorted((data_dir / "ptbxl-500" / "records100" / "00000").glob("*_lr.hea"))[:30]
+    db = data_dir / "ptbxl-500" / "ptbxl_database.csv"
+    rec = tmp_path / "rec.parquet"
+    assert cli(["convert", *heas, "--join", db, "-o", rec]).exit_code == 0
+    assert cli(["label", rec, "-o", tmp_path / "all.parquet"]).exit_code == 0
+    for k in (1, 2, 3):
+        assert cli(["convert", *heas, "--join", db, "--shard", f"{k}/3", "-o", tmp_path / "rec.parquet"]).exit_code == 0
+        assert cli(["label", rec, "--shard", f"{k}/3", "-o", tmp_path / "lab.parquet"]).exit_code == 0
+    whole = pq.read_table(tmp_path / "all.parquet").column("record_id").to_pylist()
+    for k in (1, 2, 3):
+        lab = pq.read_table(tmp_path / f"lab.shard{k}of3.parquet").column("record_id").to_pylist()
+        conv = pq.read_table(tmp_path / f"rec.shard{k}of3.parquet").column("record_id").to_pylist()
+        assert sorted(lab) == sorted(conv) and lab
+    parts = [pq.read_table(tmp_path / f"lab.shard{k}of3.parquet").column("record_id").to_pylist() for k in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(whole)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    r = cli(["label", rec, "-o", tmp_path / "env.parquet"])
+    assert r.exit_code == 0 and "shard 2 of 3 from the SLURM array" in r.stderr
+    assert sorted(pq.read_table(tmp_path / "env.shard2of3.parquet").column("record_id").to_pylist()) == sorted(parts[1])

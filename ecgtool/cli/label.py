@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app, state
-from ecgtool.cli.options import BatchSize, Input, Output, OutputFormat
+from ecgtool.cli.options import BatchSize, Input, NoShard, Output, OutputFormat, Shard
 
 
 @app.command("label")
@@ -53,6 +53,8 @@ def label(
     list_vocabs: Annotated[bool, typer.Option(
         "--list-vocabs", help="List the named vocabularies and exit.")] = False,
     batch_size: BatchSize = 1024,
+    shard: Shard = None,
+    no_shard: NoShard = False,
 ) -> None:
     """Turn SNOMED CT codes, PTB-XL SCP codes, CinC 2017 classes or free text into a label table.
 
@@ -89,9 +91,14 @@ def label(
     if dest == "-" and sys.stdout.isatty() and not report_only:
         raise UsageError("refusing to write a binary table to the terminal",
                          "give -o FILE, pipe into another command, or use --report-only")
+    from ecgtool.io.shard import parse_shard, shard_path
+
+    sh = parse_shard(shard, use_env=not no_shard)
+    if dest is not None:
+        dest = shard_path(dest, sh)
     cols = SourceColumns(text=list(text_column or []), codes=codes_column, scp=scp_column, classes=class_column)
     rep, _ = run_label(
-        src, dest, vocab=vocab, columns=cols, id_column=id_column, split_column=split_column,
+        src, dest, vocab=vocab, shard=sh, columns=cols, id_column=id_column, split_column=split_column,
         min_likelihood=min_likelihood, uncertain=uncertain, weights=weights, hierarchy=not no_hierarchy,
         join=join, join_on=join_on, fmt=output_format, batch_size=batch_size,
     )

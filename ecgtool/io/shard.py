@@ -69,8 +69,8 @@ def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
     return zlib.crc32(str(record_id).encode()) % n == k - 1
 
 
-def shard_batches(batches, shard: tuple[int, int] | None):
-    """Only the rows of ``batches`` (Arrow record batches) whose record_id falls in ``shard``."""
+def shard_batches(batches, shard: tuple[int, int] | None, column: str = "record_id"):
+    """Only the rows of ``batches`` (Arrow record batches) whose id (``column``) falls in ``shard``."""
     if shard is None:
         yield from batches
         return
@@ -78,7 +78,7 @@ def shard_batches(batches, shard: tuple[int, int] | None):
 
     seen = kept = 0
     for batch in batches:
-        ids = batch.column(batch.schema.get_field_index("record_id")).to_pylist()
+        ids = batch.column(batch.schema.get_field_index(column)).to_pylist()
         keep = [i for i, r in enumerate(ids) if in_shard(r, shard)]
         seen += len(ids)
         kept += len(keep)

@@ -58,11 +58,13 @@ def run_label(
     fmt: str | None = None,
     batch_size: int = 1024,
     argv: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], "Any"]:
     """Label a record table (or a plain CSV) and write the label table to ``dest``.
 
     Returns (report dict, the output TableMeta). ``dest=None`` writes nothing
-    (report only).
+    (report only). ``shard`` (K, N): only the records of shard K of N, split by
+    the same hash of the record id as every other command's ``--shard``.
     """
     from ecgtool.errors import UsageError
     from ecgtool.io import TableWriter
@@ -141,6 +143,11 @@ def run_label(
             batches = iter(())
         else:
             batches = inp.batches(need)
+        if shard is not None:
+            from ecgtool.io.shard import shard_batches
+
+            batches = shard_batches(batches, shard, column=id_column)
+            out_meta.info["shard"] = f"{shard[0]}/{shard[1]}"
         if dest is None:
             for _ in label_batches(batches, opts, schema, report, jt):
                 pass
