@@ -69,7 +69,12 @@ def finetune(
                                          "often.")] = 0.1,
     betas: Annotated[str, typer.Option("--betas")] = "0.9,0.98",
     eps: Annotated[float, typer.Option("--eps")] = 1e-8,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", metavar="FLOAT", help="AdamW weight decay.")] = 0.0,
+    schedule: Annotated[str, typer.Option("--schedule", metavar="constant|cosine", help="Learning rate over the run: "
+                                          "constant, or a half cosine from --lr down to 0 at the last update "
+                                          "(--max-steps, or --max-epochs epochs).")] = "constant",
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", metavar="N", help="Raise the learning rate "
+                                              "linearly from 0 over the first N updates.")] = 0,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
     patience: Annotated[int, typer.Option("--patience", help="Evaluations without a better validation "
@@ -128,7 +133,8 @@ def finetune(
                          val_folds=_list(val_folds), test_folds=_list(test_folds), group_column=group_column,
                          val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,
                          lead_augment_angles=angles, lead_dropout=lead_dropout,
-                         single_lead_prob=single_lead_prob, alpha=alpha)
+                         single_lead_prob=single_lead_prob, alpha=alpha,
+                         schedule=schedule, warmup_steps=warmup_steps)
     if max_steps is None and max_epochs is None:
         max_epochs = 10
     rd = run_dir or output.with_name(output.stem + ".run")

@@ -68,6 +68,7 @@ from ecgtool.train import objectives as O
 from ecgtool.train import data as D
 from ecgtool.train.distributed import init_distributed, local_device, shutdown
 from ecgtool.train.loop import Loop, LoopConfig
+from ecgtool.train.schedule import SCHEDULES, lr_multiplier
 
 log = logging.getLogger("ecgtool")
 
@@ -100,6 +101,8 @@ class FinetuneConfig:
     single_lead_prob: float = 0.0             # or, with this probability, all leads but one zeroed
     eval_batch_size: int = 64
     alpha: float | None = 0.1                 # conformal calibration on validation (None: none)
+    schedule: str = "constant"                # learning-rate schedule (train/schedule.py)
+    warmup_steps: int = 0
 
     def check(self) -> None:
         if self.task not in TASKS:
@@ -113,6 +116,10 @@ class FinetuneConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be > 0")
         if self.weight_decay < 0:
             raise UsageError(f"--weight-decay {self.weight_decay}: must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps {self.warmup_steps}: must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise UsageError(f"--betas {self.betas}: two values in [0, 1)")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -321,9 +328,15 @@ class Finetuner:
         self.task = FinetuneTask(self.model, cfg.task, cfg.mode, pos_w, prior).to(self.device)
         self.optimizer = torch.optim.AdamW(self._param_groups(trainable), lr=cfg.lr, betas=tuple(cfg.betas),
                                            eps=cfg.eps, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _s: 1.0)
         self.plan = D.BatchPlan(len(train_idx), cfg.batch_size, seed=loop.seed, rank=self.dist.rank,
                                 world_size=self.dist.world_size)
+        total = loop.max_steps
+        if loop.max_epochs is not None:
+            by_epochs = loop.max_epochs * self.plan.batches_per_epoch
+            total = by_epochs if total is None else min(total, by_epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, total))
+        self.report["schedule"] = {"name": cfg.schedule, "warmup_steps": cfg.warmup_steps, "total_steps": total}
         self.loop = Loop(self.task, self.model, self.optimizer, self.scheduler, self.plan, self.make_batch, loop,
                          self.device, self.dist, evaluate=self.evaluate,
                          checkpoint_extra=lambda: {"finetune": {"task": cfg.task, "mode": cfg.mode}},

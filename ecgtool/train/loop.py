@@ -458,6 +458,7 @@ class Loop:
                 if cfg.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_([p for p in self.task.parameters() if p.requires_grad],
                                                    cfg.clip_norm)
+                lr_used = float(self.optimizer.param_groups[0]["lr"])  # the rate of this update
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -469,7 +470,7 @@ class Loop:
                 rec = {"step": st.step, "epoch": st.epoch, "loss": float(loss_val[0])}
                 for k, v in parts.items():
                     rec[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else v
-                rec["lr"] = float(self.optimizer.param_groups[0]["lr"])
+                rec["lr"] = lr_used
                 rec["items"] = int(len(idx) * self.dist.world_size)
                 rec["data_s"] = round(t1 - t0, 6)
                 rec["step_s"] = round(t2 - t1, 6)
