@@ -348,3 +348,20 @@ def test_a_folder_or_glob_of_part_files_reads_as_one_table(data_dir, tmp_path, c
     assert cli(["preprocess", "--preset", "ecg-fm", parts / "part0.parquet", "-o", parts / "seg.parquet"]).exit_code == 0
     r = cli(["info", parts])
     assert r.exit_code == 1 and "seg.parquet" in r.stderr and "columns differ" in r.stderr
+
+
+def test_provenance_is_the_command_line_passed_down(tmp_path, cli):
+    """The CLI hands its command line to the tables it writes (io.schema.command_line) without touching
+    sys.argv; a library call records no command."""
+    import sys
+
+    from ecgtool.io.schema import TableMeta, command_line
+
+    before = list(sys.argv)
+    out = tmp_path / "t.parquet"
+    _write(out, _example_rows())
+    r = cli(["info", str(out)])
+    assert r.exit_code == 0 and sys.argv == before and command_line() == []
+    step = TableMeta(kind="records").add_step().history[-1]
+    assert step["command"] is None and step["program"] == "ecgtool"
+    assert TableMeta(kind="records").add_step(["python", "-m", "x"]).history[-1]["command"] == "ecgtool -m x"

@@ -104,17 +104,18 @@ class EcgtoolGroup(TyperGroup):
         return front + rest
 
     def main(self, args=None, prog_name=None, *a, **kw):
-        # Commands record their command line (sys.argv) in the tables they write;
+        # Commands record their command line in the tables they write (io.schema.command_line);
         # when the app is called in-process with explicit args, those are the command line.
-        saved = sys.argv
-        if args is not None:
-            sys.argv = ["ecgtool", *map(str, args)]
-        args = self.hoist_global_flags(list(map(str, args)) if args is not None else sys.argv[1:])
+        from ecgtool.io.schema import reset_command_line, set_command_line
+
+        args = list(map(str, args)) if args is not None else sys.argv[1:]
+        token = set_command_line(["ecgtool", *args])
+        args = self.hoist_global_flags(args)
         _handle_sigterm()
         try:
             return super().main(args, prog_name, *a, **kw)
         finally:
-            sys.argv = saved
+            reset_command_line(token)
 
     def invoke(self, ctx: typer.Context):
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -98,7 +97,9 @@ def convert(
 
     errors = record_errors(on_error)
     lead_names = parse_lead_list(leads) if leads else None
-    if any(a == "--join-key" or a.startswith("--join-key=") for a in sys.argv[1:]):
+    from ecgtool.io.schema import command_line
+
+    if any(a == "--join-key" or a.startswith("--join-key=") for a in command_line()[1:]):
         log.warning("--join-key is now --join-on (the same option as label's); the old name goes in a later release")
     if fs is not None and any(Path(i).suffix.lower() not in (".csv", ".npy", ".edf", ".bdf", ".mwf", ".mfer")
                               for i in inputs):

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, Output, OutputFormat, NoShard, Precision, Shard
 
@@ -45,7 +46,6 @@ def embed(
       sbatch --array=1-8 --wrap 'ecgtool embed -m m.safetensors big.parquet -o emb.parquet'
       ecgtool embed -m ecgtool-default --random-init --seed 0 rec.parquet -o emb.random.parquet
     """
-    import sys
 
     from ecgtool.cli.common import finish, progress, record_errors
     from ecgtool.cli.modelrun import open_input, open_model
@@ -68,7 +68,7 @@ def embed(
     with open_input(src, batch_size, errors) as reader:
         stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,
                             batch_size=batch_size, pool=pool, local=local, layer=layer, shard=sh,
-                            errors=errors, fmt=output_format, argv=sys.argv,
+                            errors=errors, fmt=output_format, argv=command_line(),
                             batches=progress(reader, getattr(reader, "num_rows", None), "embed",
                                              count=lambda b: b.num_rows))
     finish(errors, f"embedded {stats.rows_in} rows ({stats.windows} windows) into {stats.rows_out} rows")

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import Input
 
@@ -41,7 +42,6 @@ def index(
       ecgtool index new_emb.parquet --append -o ptbxl.ecgidx
       ecgtool index emb.parquet --kind hnsw --metric l2 -@ 2 -o l2.ecgidx
     """
-    import sys
 
     from ecgtool.errors import UsageError
     from ecgtool.io import open_table, read_table
@@ -59,7 +59,7 @@ def index(
         stats = build_index(reader, output, src_name=reader.name, kind=kind, metric=metric, labels=lab,
                             labels_name=labels or "labels", patient_column=patient_column,
                             date_column=date_column, append=append, params=params,
-                            threads=default_threads(64), argv=sys.argv)
+                            threads=default_threads(64), argv=command_line())
     import logging
 
     what = "added" if append else "indexed"

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, OutputFormat, NoShard, Precision, Shard
 
@@ -77,7 +78,7 @@ def predict(
             try:
                 stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
                                       aggregate=aggregate, shard=sh, errors=errors, fmt=output_format, crops=crops,
-                                      argv=sys.argv, batches=progress(reader, getattr(reader, "num_rows", None),
+                                      argv=command_line(), batches=progress(reader, getattr(reader, "num_rows", None),
                                                                       "predict", count=lambda b: b.num_rows))
             except InputError as exc:
                 if summary and exc.message.startswith("nothing written"):  # the table was for the summary only

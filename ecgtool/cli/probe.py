@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import Device, Input, Json
 
@@ -204,7 +205,6 @@ def probe(
 
 def _random_embeddings(records: str, emb_meta, seed: int, device: str, local: bool):
     """Embed ``records`` with the embedding table's architecture at random weights (seeded)."""
-    import sys
     import tempfile
 
     from ecgtool.cli.common import record_errors
@@ -235,7 +235,7 @@ def _random_embeddings(records: str, emb_meta, seed: int, device: str, local: bo
         dest = f"{tmp}/random.parquet"
         with open_input(records, 32, errors) as reader:
             embed_table(reader, dest, net, device=dev, pool=emb.get("pool") or "mean", local=local,
-                        layer=emb.get("layer"), errors=errors, argv=sys.argv)
+                        layer=emb.get("layer"), errors=errors, argv=command_line())
         if errors.summary():
             log.warning("--baseline random: %s", errors.summary())
         return read_table(dest)
@@ -243,9 +243,8 @@ def _random_embeddings(records: str, emb_meta, seed: int, device: str, local: bo
 
 def _command_line() -> str:
     import shlex
-    import sys
 
-    return shlex.join(["ecgtool"] + sys.argv[1:])
+    return shlex.join(command_line() or ["ecgtool", "probe"])
 
 
 def _write_atomic(path: str, text: str) -> None:

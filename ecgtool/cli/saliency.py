@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import BatchSize, Device, Inputs, Model, NoShard, OnError, Output, OutputFormat, Shard
 
@@ -42,7 +43,6 @@ def saliency(
       ecgtool saliency data/ptbxl/records500/00000/00001_hr.hea --label AF --png figs/ -o sal.parquet
       ecgtool saliency -m ecgfounder.safetensors rec.parquet --method gradient --steps 32 --png figs/ -o sal.parquet
     """
-    import sys
 
     from ecgtool.analysis.saliency import saliency_table
     from ecgtool.cli.common import finish, progress, record_errors
@@ -56,5 +56,5 @@ def saliency(
         batches = progress(reader, getattr(reader, "num_rows", None), "saliency", count=lambda b: b.num_rows)
         rows = saliency_table(reader, shard_path(output, sh), net, device=dev, label=label, method=method,
                               steps=steps, batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
-                              argv=sys.argv, batches=shard_batches(batches, sh))
+                              argv=command_line(), batches=shard_batches(batches, sh))
     finish(errors, f"saliency for {rows} records" + (f"; PNGs in {png}" if png else ""))

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ecgtool.io.schema import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import BatchSize, Device, Model, OnError
 
@@ -86,7 +87,7 @@ def search(
 
                 stats = run_compare(reader, idx, dest, index_name=index, src_name=getattr(reader, "name", src), model=net,
                                     device=dev, records_src=records, png_dir=png, batch_size=min(batch_size, 64),
-                                    errors=errors, fmt=fmt, argv=sys.argv)
+                                    errors=errors, fmt=fmt, argv=command_line())
                 if readable:
                     _print_compare(dest)
                 done = f"compared {stats.compared} of {stats.queries} queries with a baseline" + (
@@ -97,7 +98,7 @@ def search(
                                      weighted=weighted)
                 stats = run_search(reader, idx, dest, index_name=index, src_name=getattr(reader, "name", src), opts=opts,
                                    model=net, device=dev, batch_size=batch_size, errors=errors, fmt=fmt,
-                                   argv=sys.argv)
+                                   argv=command_line())
                 if readable:
                     _print_neighbours(dest, bool(vote), idx)
                 done = f"searched {stats.queries} queries: {stats.rows_out} rows"

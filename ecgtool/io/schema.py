@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shlex
-import sys
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -60,6 +60,25 @@ class Preprocessing:
     def physical_units(self) -> bool:
         """True when samples are still in physical units (mV), so leads may be derived from others."""
         return self.normalisation == "none"
+
+
+# The command line of the ecgtool command now running, set by the CLI (ecgtool.cli.app) for the
+# tables it writes; unset (empty) in library calls.
+_COMMAND: ContextVar[tuple[str, ...]] = ContextVar("ecgtool_command", default=())
+
+
+def set_command_line(argv: Sequence[str]):
+    """Record ``argv`` (``["ecgtool", ...]``) as the running command; returns a token for :func:`reset_command_line`."""
+    return _COMMAND.set(tuple(str(a) for a in argv))
+
+
+def reset_command_line(token) -> None:
+    _COMMAND.reset(token)
+
+
+def command_line() -> list[str]:
+    """The running ecgtool command line (``["ecgtool", ...]``), or [] outside the CLI."""
+    return list(_COMMAND.get())
 
 
 @dataclass
@@ -129,15 +148,16 @@ class TableMeta:
         return TableMeta(kind=kind or self.kind, history=list(self.history), info=new_info)
 
     def add_step(self, argv: Sequence[str] | None = None) -> "TableMeta":
-        """Append this command (like samtools' @PG lines) to the history."""
-        argv = list(sys.argv if argv is None else argv)
+        """Append this command (like samtools' @PG lines) to the history: ``argv``, or the command line
+        the CLI is running (:func:`command_line`); a library call records no command."""
+        argv = list(command_line() if argv is None else argv) or None
         if argv:
             argv[0] = "ecgtool"
         self.history.append(
             {
                 "program": "ecgtool",
                 "version": __version__,
-                "command": shlex.join(argv),
+                "command": shlex.join(argv) if argv else None,
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
         )
