@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, TypeVar
 import typer
 
 from ecgtool.cli.app import state
-from ecgtool.errors import RecordErrors
+from ecgtool.errors import RecordErrors, UsageError
 
 log = logging.getLogger("ecgtool")
 T = TypeVar("T")
@@ -64,6 +64,30 @@ def finish(errors: RecordErrors, done_msg: str | None = None) -> None:
             log.warning(summary)
     if errors.exit_code:
         raise typer.Exit(errors.exit_code)
+
+
+def parse_list(text: str | None) -> list[str]:
+    """A comma-separated option value as a list of names (empty items dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def parse_floats(text: str, n: int, option: str) -> tuple[float, ...]:
+    """Exactly ``n`` comma-separated numbers of ``option`` (a usage error otherwise)."""
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers") from None
+    if len(vals) != n:
+        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers, got {len(vals)}")
+    return vals
+
+
+def training_status(rec: dict) -> str:
+    """Short status of one update for the progress bar / cluster log lines (pretrain, finetune)."""
+    text = f"step {rec['step']} loss {rec['loss']:.4f}"
+    if "eval" in rec:
+        text += f" val AUPRC {rec['eval'].get('macro_auprc', float('nan')):.4f}"
+    return text
 
 
 def run_steps(trainer, desc: str, postfix=None):

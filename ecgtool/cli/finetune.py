@@ -16,10 +16,6 @@ from ecgtool.errors import UsageError
 log = logging.getLogger("ecgtool")
 
 
-def _list(text: str | None) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else []
-
-
 @app.command("finetune")
 def finetune(
     src: Input,
@@ -117,20 +113,19 @@ def finetune(
       ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass -o af.safetensors
       ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet --lr 1e-3 --lr-scales 0.1,0.01 -o lw.safetensors
     """
-    from ecgtool.cli.common import run_steps
-    from ecgtool.cli.pretrain import _status, parse_floats
+    from ecgtool.cli.common import parse_floats, parse_list, run_steps, training_status
     from ecgtool.train.finetune import FinetuneConfig, Finetuner
     from ecgtool.train.loop import LoopConfig
 
     try:
-        angles = tuple(float(a) for a in _list(lead_augment_angles))
+        angles = tuple(float(a) for a in parse_list(lead_augment_angles))
     except ValueError:
         raise UsageError(f"--lead-augment-angles {lead_augment_angles!r}: expected numbers") from None
-    cfg = FinetuneConfig(task=task, mode=mode, labels=_list(labels) or None, pos_weight=not no_pos_weight,
+    cfg = FinetuneConfig(task=task, mode=mode, labels=parse_list(labels) or None, pos_weight=not no_pos_weight,
                          pu_prior_scale=pu_prior_scale, lr=lr,
                          lr_scales=parse_floats(lr_scales, 2, "--lr-scales"), betas=parse_floats(betas, 2, "--betas"), eps=eps,
                          weight_decay=weight_decay, batch_size=batch_size, fold_column=fold_column,
-                         val_folds=_list(val_folds), test_folds=_list(test_folds), group_column=group_column,
+                         val_folds=parse_list(val_folds), test_folds=parse_list(test_folds), group_column=group_column,
                          val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,
                          lead_augment_angles=angles, lead_dropout=lead_dropout,
                          single_lead_prob=single_lead_prob, alpha=alpha,
@@ -149,7 +144,7 @@ def finetune(
     if ft.dist.is_main:
         log.info("finetune: %s, %s %s, %d labels; %d train / %d val / %d test rows (%s)", model, task, mode,
                  len(ft.label_names), r["train_rows"], r["val_rows"], r["test_rows"], r["split"])
-    run_steps(ft, "finetune", _status)
+    run_steps(ft, "finetune", training_status)
     result = ft.finish()
     if ft.dist.is_main:
         val = result["val"]

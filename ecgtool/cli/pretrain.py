@@ -11,27 +11,8 @@ from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
 from ecgtool.cli.options import Device, Input
-from ecgtool.errors import UsageError
 
 log = logging.getLogger("ecgtool")
-
-
-def parse_floats(text: str, n: int, option: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers") from None
-    if len(vals) != n:
-        raise UsageError(f"{option} {text!r}: expected {n} comma-separated numbers, got {len(vals)}")
-    return vals
-
-
-def _status(rec: dict) -> str:
-    """Short status of one update for the progress bar / cluster log lines."""
-    text = f"step {rec['step']} loss {rec['loss']:.4f}"
-    if "eval" in rec:
-        text += f" val AUPRC {rec['eval'].get('macro_auprc', float('nan')):.4f}"
-    return text
 
 
 @app.command("pretrain")
@@ -91,7 +72,7 @@ def pretrain(
       ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/w2v --no-cmsc --no-rlm --max-epochs 5
       torchrun --nproc_per_node 4 -m ecgtool pretrain seg.parquet -o runs/pt --device cuda
     """
-    from ecgtool.cli.common import run_steps
+    from ecgtool.cli.common import parse_floats, run_steps, training_status
     from ecgtool.train.loop import LoopConfig
     from ecgtool.train.pretrain import PretrainConfig, Pretrainer
 
@@ -113,7 +94,7 @@ def pretrain(
         log.info("pretrain: %s on %d items (%d segments), %d updates per epoch, device %s, %d process(es)",
                  model, trainer.plan.n_items, len(trainer.data), trainer.plan.batches_per_epoch, trainer.device,
                  trainer.dist.world_size)
-    last = run_steps(trainer, "pretrain", _status)
+    last = run_steps(trainer, "pretrain", training_status)
     path = trainer.finish()
     if path is not None:
         loss = f", last loss {last['loss']:.4f}" if last else ""
