@@ -82,6 +82,7 @@ class PreprocessConfig:
     length_s: float | None = None
     crop: str = "start"
     segment_s: float | None = None
+    hop_s: float | None = None      # windows start every hop_s seconds (default segment_s: no overlap)
     short: str = "skip"
     nan: str = "zero"
     drop_flagged: list[str] = field(default_factory=list)
@@ -97,7 +98,7 @@ class PreprocessConfig:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
 
         try:
-            for name in ("fs", "notch", "length_s", "segment_s"):
+            for name in ("fs", "notch", "length_s", "segment_s", "hop_s"):
                 v = getattr(self, name)
                 if v is not None:
                     setattr(self, name, float(v))
@@ -119,7 +120,10 @@ class PreprocessConfig:
             one_of("--drop-flagged", flag, Q.FLAGS)
         if self.segment_s is not None and self.length_s is not None:
             raise UsageError("--segment and --length exclude each other", "give one of them")
-        for name, v in (("--segment", self.segment_s), ("--length", self.length_s), ("--fs", self.fs)):
+        if self.hop_s is not None and self.segment_s is None:
+            raise UsageError("--hop needs --segment", "give the window length with --segment")
+        for name, v in (("--segment", self.segment_s), ("--hop", self.hop_s), ("--length", self.length_s),
+                        ("--fs", self.fs)):
             if v is not None and v <= 0:
                 raise UsageError(f"{name} must be positive, not {v}")
         if self.bandpass is not None and not (0 < self.bandpass[0] < self.bandpass[1]):
@@ -541,7 +545,8 @@ class Preprocessor:
                 seg = np.zeros(len(x), dtype=np.int32)
                 rowpos = pos
             else:
-                k = G.n_windows(t, win)
+                hop = None if c.hop_s is None else max(1, int(round(c.hop_s * target_fs)))
+                k = G.n_windows(t, win, hop)
                 if k == 0:
                     if c.short == "pad":
                         x = G.crop_or_pad(x, win)
@@ -551,7 +556,7 @@ class Preprocessor:
                             self._fail(r, f"{t / target_fs:.2f} s is shorter than one {c.segment_s:g} s window",
                                        "use --short pad to zero-pad short records into one window")
                         return None
-                w = G.windows(x, win)  # (n, k, L, win)
+                w = G.windows(x, win, hop)  # (n, k, L, win)
                 out = w.reshape((-1,) + w.shape[2:])
                 seg = np.tile(np.arange(k, dtype=np.int32), len(x))
                 rowpos = np.repeat(pos, k)

@@ -414,3 +414,30 @@ def test_long_records_cropped_by_a_preset_are_said_and_segment_keeps_them(data_d
     import pyarrow.parquet as pq
 
     assert pq.read_metadata(tmp_path / "all.parquet").num_rows > 3 * 4
+
+
+def test_hop_overlapping_windows(data_dir, tmp_path, cli):
+    """--hop 5 with 10 s windows: a 30 s CinC 2017 strip gives windows at 0, 5, ..., 20 s; every other one is a
+    window of the non-overlapping cut, and the ones between straddle two of them."""
+    from ecgtool.io import read_table
+    from ecgtool.signal.segment import n_windows, windows
+
+    assert [n_windows(t, 4, 2) for t in (3, 4, 5, 6, 9)] == [0, 1, 1, 2, 3] and n_windows(9, 4) == 2
+    x = np.arange(20.0).reshape(2, 10)
+    w = windows(x, 4, 3)
+    assert w.shape == (3, 2, 4) and np.array_equal(w[2], x[:, 6:10])
+    assert np.array_equal(windows(x, 4), np.stack([x[:, 0:4], x[:, 4:8]]))
+    rec = tmp_path / "rec.parquet"
+    assert cli(["convert", data_dir / "cinc2017" / "A00001.hea", "-o", rec]).exit_code == 0
+    for name, extra in (("hop", ["--hop", "5"]), ("cut", [])):
+        r = cli(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", *extra, rec, "-o",
+                 tmp_path / f"{name}.parquet"])
+        assert r.exit_code == 0, r.output
+    hop, _ = read_table(tmp_path / "hop.parquet")
+    cut, _ = read_table(tmp_path / "cut.parquet")
+    assert hop.column("segment").to_pylist() == [0, 1, 2, 3, 4] and cut.num_rows == 3
+    H, C = (np.asarray(t.column("signal").to_pylist(), dtype=np.float32) for t in (hop, cut))
+    assert np.array_equal(H[0::2], C)
+    assert np.array_equal(H[1][:, :1250], C[0][:, 1250:]) and np.array_equal(H[1][:, 1250:], C[1][:, :1250])
+    r = cli(["preprocess", "--hop", "5", rec, "-o", tmp_path / "x.parquet"])
+    assert r.exit_code == 2 and "--hop needs --segment" in r.output

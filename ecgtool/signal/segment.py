@@ -28,18 +28,26 @@ def crop_or_pad(x: np.ndarray, n: int, crop: str = "start") -> np.ndarray:
     return out
 
 
-def n_windows(t: int, n: int) -> int:
-    """Number of whole non-overlapping windows of ``n`` samples in ``t`` samples."""
-    return t // n if n > 0 else 0
+def n_windows(t: int, n: int, hop: int | None = None) -> int:
+    """Number of whole windows of ``n`` samples in ``t`` samples, one every ``hop`` samples (default ``n``:
+    non-overlapping)."""
+    hop = n if hop is None else hop
+    if n <= 0 or hop <= 0 or t < n:
+        return 0
+    return (t - n) // hop + 1
 
 
-def windows(x: np.ndarray, n: int) -> np.ndarray:
-    """Non-overlapping windows of ``n`` samples; the remainder is dropped.
+def windows(x: np.ndarray, n: int, hop: int | None = None) -> np.ndarray:
+    """Windows of ``n`` samples starting every ``hop`` samples (default ``n``: non-overlapping); the
+    remainder is dropped.
 
     (leads, samples) -> (windows, leads, n); (records, leads, samples) ->
     (records, windows, leads, n). Views, no copies.
     """
-    k = n_windows(x.shape[-1], n)
-    body = x[..., : k * n]
-    w = body.reshape(x.shape[:-1] + (k, n))
+    k = n_windows(x.shape[-1], n, hop)
+    if hop is None or hop == n:
+        body = x[..., : k * n]
+        w = body.reshape(x.shape[:-1] + (k, n))
+    else:
+        w = np.lib.stride_tricks.sliding_window_view(x, n, axis=-1)[..., : (k - 1) * hop + 1 : hop, :]
     return np.moveaxis(w, -2, -3)
