@@ -132,7 +132,7 @@ def test_a_temperature_at_its_search_bound_is_a_warning(caplog):
 
     import numpy as np
 
-    from ecgtool.analysis.calibration import fit_temperature
+    from ecgtool.evaluation.calibration import fit_temperature
 
     z = np.array([-50.0, -40.0, 40.0, 50.0])  # separable, hugely over-confident: T runs to the upper edge
     y = np.array([0, 1, 0, 1])

@@ -679,24 +679,10 @@ def truth_from_labels(label_table, ids: np.ndarray, names: Sequence[str],
                       labels_name: str) -> tuple[np.ndarray, list[str]]:
     """(n, L) 1/0/NaN for ``ids`` from a label table (one 1/0 column per label, or one column of class
     names whose values are the label names), and the names the table has no truth for."""
-    from ecgtool.analysis.labelvalues import binary_values
+    from ecgtool.evaluation.labels import binary_values, join_rows
 
     if "record_id" not in label_table.column_names:
         raise InputError(f"{labels_name}: no record_id column")
-    lab_ids = [str(v) for v in label_table.column("record_id").to_pylist()]
-    pos = {}
-    for i, r in enumerate(lab_ids):
-        pos.setdefault(r, i)
-    rows = np.array([pos.get(r, -1) for r in ids.tolist()], dtype=np.int64)
-    hit = rows >= 0
-    if not hit.any():
-        raise InputError(f"{labels_name} shares no record_id with the predictions "
-                         f"(e.g. {ids[0]!r} vs {lab_ids[0] if lab_ids else None!r})",
-                         "label the same records (ecgtool label on the table that was predicted on)")
-    if not hit.all():
-        log.warning("%s: %d of %d compared records have no row in the label table (left out)", labels_name,
-                    int((~hit).sum()), hit.size)
-    out = np.full((ids.size, len(names)), np.nan)
     cols = label_table.column_names
     class_col = None
     missing = [n for n in names if n not in cols]
@@ -708,10 +694,22 @@ def truth_from_labels(label_table, ids: np.ndarray, names: Sequence[str],
             if len(vals) > 1 and vals <= set(names) | {""}:
                 class_col = c
                 break
+    lab_ids = label_table.column("record_id").to_pylist()
+    in_use = {c: label_table.column(c).to_pylist() for c in [*names, class_col] if c in cols}
+    rows = join_rows(ids.tolist(), lab_ids, in_use, labels_name)  # a repeated record_id: the duplicate rule
+    hit = rows >= 0
+    if not hit.any():
+        raise InputError(f"{labels_name} shares no record_id with the predictions "
+                         f"(e.g. {ids[0]!r} vs {str(lab_ids[0]) if lab_ids else None!r})",
+                         "label the same records (ecgtool label on the table that was predicted on)")
+    if not hit.all():
+        log.warning("%s: %d of %d compared records have no row in the label table (left out)", labels_name,
+                    int((~hit).sum()), hit.size)
+    out = np.full((ids.size, len(names)), np.nan)
     absent = []
     for j, n in enumerate(names):
         if n in cols:
-            vals = binary_values(n, np.array(label_table.column(n).to_pylist(), dtype=object))
+            vals = binary_values(n, in_use[n], labels_name)
             out[hit, j] = vals[rows[hit]]
         elif class_col is not None:
             vals = label_table.column(class_col).to_pylist()

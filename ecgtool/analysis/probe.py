@@ -25,6 +25,10 @@ Protocol (nothing is tuned on the test split):
 Several embeddings per record (segments) are averaged per record before
 anything else, so that a record never sits in two splits.
 
+Label values, a record_id repeated in the label table, fold values, grouped
+folds and temperature scaling follow the rules of :mod:`ecgtool.evaluation`,
+which ``finetune`` shares.
+
 Heads (``--head``): ``linear`` (above); ``attention``: a learnable-query
 attention pooling and a linear layer over the per-token features of
 ``embed --local`` (:mod:`ecgtool.analysis.attention_probe`), the frozen
@@ -55,8 +59,11 @@ from scipy.special import expit, log_softmax, logsumexp, softmax
 
 from ecgtool.analysis import calibration as cal
 from ecgtool.analysis import metrics as mt
-from ecgtool.analysis.labelvalues import binary_values
 from ecgtool.errors import InputError, UsageError
+from ecgtool.evaluation import calibration as ecal
+from ecgtool.evaluation import labels as el
+from ecgtool.evaluation import splits as es
+from ecgtool.evaluation.values import value_text
 
 log = logging.getLogger("ecgtool")
 
@@ -64,6 +71,7 @@ DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0)
 AGE_BANDS = (40.0, 60.0, 80.0)
 # Columns that are never labels or subgroup keys.
 STRUCTURAL = {"record_id", "embedding", "signal", "leads", "lead_mask", "fs", "segment"}
+BINARY_HINT = f"{el.LABEL_HINT}; use --multiclass for a single column of class names"
 
 
 # =========================================================================== data
@@ -236,19 +244,20 @@ def load_probe_data(
         rec_tokens = [t[0] if len(t) == 1 else np.concatenate(t) for t in rec_tokens]
 
     meta = dict(emb_meta)
+    names = list(label_names) if label_names else None
     if labels is not None:
         if "record_id" not in labels.column_names:
             raise InputError(f"{labels_name}: no record_id column", "a label table needs record_id")
-        lab_ids = np.array([str(v) for v in labels.column("record_id").to_pylist()], dtype=object)
-        lu, lfirst = np.unique(lab_ids, return_index=True)
-        if lu.size < lab_ids.size:
-            log.warning("%s: %d duplicate record_id rows; the first of each is used", labels_name,
-                        lab_ids.size - lu.size)
+        if names is None:
+            names = list(label_meta_names or []) or _numeric_label_columns(labels)
+        lab_ids = labels.column("record_id").to_pylist()
+        in_use = {n_: labels.column(n_).to_pylist() for n_ in names if n_ in labels.column_names}
+        lu, lfirst = el.unique_label_rows(lab_ids, in_use, labels_name)  # the duplicate rule
         pos = np.searchsorted(lu, rec_ids)
         pos = np.clip(pos, 0, max(lu.size - 1, 0))
         hit = (lu.size > 0) & (lu[pos] == rec_ids) if lu.size else np.zeros(R, dtype=bool)
         n_join = int(hit.sum())
-        counts["label_rows"] = int(lab_ids.size)
+        counts["label_rows"] = int(len(lab_ids))
         counts["joined"] = n_join
         counts["embeddings_without_labels"] = int(R - n_join)
         counts["labels_without_embeddings"] = int(lu.size - n_join)
@@ -271,15 +280,6 @@ def load_probe_data(
     else:
         src_tab = None
 
-    names = list(label_names) if label_names else None
-    if names is None and labels is not None:
-        names = list(label_meta_names or [])
-        if not names:
-            names = [c for c in labels.column_names if c not in STRUCTURAL and c != "patient_id"
-                     and (pa.types.is_integer(labels.schema.field(c).type)
-                          or pa.types.is_boolean(labels.schema.field(c).type)
-                          or pa.types.is_floating(labels.schema.field(c).type))
-                     and c not in ("strat_fold", "age", "sex")]
     if not names:
         raise UsageError("no label columns given",
                          "use --labels LABELS (a label table) or --label-cols A,B with label columns in the table")
@@ -313,37 +313,39 @@ def load_probe_data(
     for n_ in names:
         meta.pop(n_, None)
 
+    source = labels_name if src_tab is not None else emb_name
     if multiclass:
-        Y, classes, n_drop = _multiclass_targets(cols)
+        Y, classes, n_drop = _multiclass_targets(cols, source)
         counts["records_not_exactly_one_class"] = n_drop
         label_list = classes
     else:
-        Y = np.column_stack([binary_values(n_, cols[n_]) for n_ in names]) if names else np.zeros((len(X), 0))
+        Y = el.label_matrix(cols, names, source, BINARY_HINT).astype(np.float64) if names \
+            else np.zeros((len(X), 0))
         label_list = list(names)
     return ProbeData(record_ids=rec_ids, X=X, Y=Y, label_names=label_list, meta=meta,
                      multiclass=multiclass, counts=counts, tokens=rec_tokens)
 
 
-def _multiclass_targets(cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], int]:
+def _numeric_label_columns(labels: pa.Table) -> list[str]:
+    """Label columns of a label table whose metadata names none: its numeric and boolean columns."""
+    return [c for c in labels.column_names if c not in STRUCTURAL and c != "patient_id"
+            and (pa.types.is_integer(labels.schema.field(c).type)
+                 or pa.types.is_boolean(labels.schema.field(c).type)
+                 or pa.types.is_floating(labels.schema.field(c).type))
+            and c not in ("strat_fold", "age", "sex")]
+
+
+def _multiclass_targets(cols: dict[str, np.ndarray], source: str | None = None) -> tuple[np.ndarray, list[str], int]:
+    """(class index per record, -1 = none; class names; records without exactly one class)."""
     names = list(cols)
     if len(names) == 1:
-        vals = cols[names[0]]
-        known = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        classes = sorted({str(v) for v in known})
+        Y, classes = el.class_index(cols[names[0]])
         if len(classes) < 2:
             raise InputError(f"label {names[0]!r} has {len(classes)} class(es); a multi-class probe needs 2 or more")
-        index = {c: i for i, c in enumerate(classes)}
-        Y = np.array([-1 if (v is None or (isinstance(v, float) and math.isnan(v))) else index[str(v)]
-                      for v in vals], dtype=np.int64)
         return Y, classes, 0
-    B = np.column_stack([binary_values(n, cols[n]) for n in names])
-    one = np.nansum(B, axis=1) == 1
-    Y = np.where(one, np.nanargmax(np.nan_to_num(B, nan=0.0), axis=1), -1).astype(np.int64)
-    n_drop = int((~one).sum())
-    if n_drop:
-        log.warning("%d record(s) are not in exactly one of the classes %s; they are left out", n_drop,
-                    ", ".join(names))
-    return Y, names, n_drop
+    B = el.label_matrix(cols, names, source, BINARY_HINT)
+    Y, _ = el.class_targets(B, names, source)
+    return Y, names, int((Y < 0).sum())
 
 
 # =========================================================================== splits
@@ -357,64 +359,20 @@ class Split:
     test: np.ndarray
 
 
-def _norm_value(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, float):
-        if math.isnan(v):
-            return None
-        if v.is_integer():
-            return str(int(v))
-    return str(v).strip()
-
-
-def _fold_set(text: Any) -> set[str]:
-    """'10' or '8,9,10' -> {'8', '9', '10'} (normalised as the column's values are)."""
-    parts = [p for p in str(text).split(",") if p.strip()] if isinstance(text, str) else [text]
-    return {v for v in (_norm_value(p) for p in parts) if v is not None}
-
-
 def fold_splits(folds: np.ndarray, test_fold: str, val_fold: str, col: str = "fold") -> list[Split]:
-    """One split: test = the ``test_fold`` folds (comma-separated), validation = ``val_fold``'s, train = the rest."""
-    vals = np.array([_norm_value(v) for v in folds], dtype=object)
-    test_set, val_set = _fold_set(test_fold), _fold_set(val_fold)
-    both = sorted(test_set & val_set)
-    if both:
-        raise UsageError(f"fold {', '.join(both)} is in both --test-fold and --val-fold", "they must differ")
-    in_test = np.isin(vals, list(test_set))
-    in_val = np.isin(vals, list(val_set))
-    test, val = np.flatnonzero(in_test), np.flatnonzero(in_val)
-    train = np.flatnonzero(~in_test & ~in_val & (vals != None))  # noqa: E711
-    present = sorted({v for v in vals if v is not None}, key=lambda s: (len(s), s))
-    for what, idx, f in (("test", test, test_fold), ("validation", val, val_fold)):
-        if idx.size == 0:
-            raise UsageError(f"{col}: no record is in {what} fold {f}", f"folds present: {', '.join(present[:20])}")
-    if train.size == 0:
-        raise UsageError(f"{col}: no record is left for training", f"folds present: {', '.join(present[:20])}")
-    label = ",".join(sorted(test_set, key=lambda s: (len(s), s)))
+    """One split: test = the ``test_fold`` folds (comma-separated), validation = ``val_fold``'s, train = the rest
+    (:func:`ecgtool.evaluation.splits.fold_split`: 9 and 9.0 are one fold)."""
+    train, val, test = es.fold_split(folds, val_fold, test_fold, column=col, val_option="--val-fold",
+                                     test_option="--test-fold", require_test=True, unit="record")
+    test_set = es.parse_folds(test_fold)
+    label = ",".join(sorted(test_set, key=es.fold_order))
     return [Split(f"test fold{'s' if len(test_set) > 1 else ''} {label}", train, val, test)]
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """A fold number per row; all rows of a group share one fold; folds balanced by rows."""
-    g = np.array([_norm_value(v) for v in groups], dtype=object)
-    missing = np.array([v is None for v in g])
-    if missing.any():
-        # A record without a group id is its own group.
-        g[missing] = [f"\x00row{i}" for i in np.flatnonzero(missing)]
-    uniq, inverse, sizes = np.unique(g.astype(str), return_inverse=True, return_counts=True)
-    if uniq.size < k:
-        raise UsageError(f"{uniq.size} groups cannot make {k} folds", "lower --cv")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(uniq.size)
-    order = perm[np.argsort(-sizes[perm], kind="stable")]  # large groups first, random among equals
-    load = np.zeros(k, dtype=np.int64)
-    fold_of_group = np.empty(uniq.size, dtype=np.int64)
-    for gi in order:
-        f = int(np.argmin(load))
-        fold_of_group[gi] = f
-        load[f] += sizes[gi]
-    return fold_of_group[inverse.ravel()]
+    """A fold number per row; all rows of a group share one fold (a record without a group id is its own
+    group); folds balanced by rows (:func:`ecgtool.evaluation.splits.group_folds`)."""
+    return es.group_folds(groups, k, seed)
 
 
 def group_cv_splits(groups: np.ndarray, k: int, seed: int = 0) -> list[Split]:
@@ -627,8 +585,8 @@ def _fmt_edge(x: float) -> str:
 def subgroup_values(values: np.ndarray, edges: list[float] | None) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
-        nv = _norm_value(v)
-        if nv is None or nv == "":
+        nv = value_text(v)
+        if nv is None:
             out[i] = "missing"
             continue
         if edges is None:
@@ -818,16 +776,16 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
         in_test[sp.test] = True
         if data.multiclass:
             mv = data.mask[sp.val]
-            T = cal.fit_temperature(zv[mv], data.Y[sp.val][mv], multiclass=True)
+            T = ecal.fit_temperature(zv[mv], data.Y[sp.val][mv], multiclass=True)
             probs[sp.test] = softmax(zt, axis=1)
-            probs_cal[sp.test] = cal.apply_temperature(zt, T, multiclass=True)
+            probs_cal[sp.test] = ecal.apply_temperature(zt, T, multiclass=True)
             pred = np.zeros_like(zt, dtype=bool)
             pred[np.arange(len(zt)), zt.argmax(axis=1)] = True
             preds[sp.test] = pred
             temps_all.append([T])
             thr_all.append([])
             if opts.alpha is not None:
-                c = cf.calibrate_aps(cal.apply_temperature(zv, T, multiclass=True), data.Y[sp.val],
+                c = cf.calibrate_aps(ecal.apply_temperature(zv, T, multiclass=True), data.Y[sp.val],
                                      opts.alpha, names)
                 conf_cal.append(c)
                 sets[sp.test] = cf.aps_sets(probs_cal[sp.test], c)
@@ -839,7 +797,7 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
                 mv = Mb[sp.val, j]
                 yv = Yb[sp.val, j][mv]
                 t = mt.choose_threshold(yv, pv[mv, j], opts.threshold_rule)
-                T = cal.fit_temperature(zv[mv, j], yv)
+                T = ecal.fit_temperature(zv[mv, j], yv)
                 thr.append(t)
                 ts.append(T)
                 if t is None:
@@ -847,8 +805,8 @@ def run_probe(data: ProbeData, splits: list[Split], opts: ProbeOptions) -> tuple
                 else:
                     preds[sp.test, j] = expit(zt[:, j]) >= t
                     thr_rec[sp.test, j] = t
-                probs_cal[sp.test, j] = cal.apply_temperature(zt[:, j], T)
-                pv_cal[:, j] = cal.apply_temperature(zv[:, j], T)
+                probs_cal[sp.test, j] = ecal.apply_temperature(zt[:, j], T)
+                pv_cal[:, j] = ecal.apply_temperature(zv[:, j], T)
             probs[sp.test] = expit(zt)
             temps_all.append(ts)
             thr_all.append(thr)

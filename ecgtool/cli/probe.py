@@ -152,12 +152,12 @@ def probe(
         splits = pr.fold_splits(data.meta[fold_col], test_fold, val_fold, fold_col)
     else:
         if group_col is None:
-            group_col = "patient_id" if "patient_id" in data.meta else None
+            from ecgtool.evaluation.splits import default_group_column
+
+            group_col = default_group_column(data.meta)
             log.warning("--cv without --group-col: grouping by %s",
-                        "patient_id" if group_col else "record (each record its own group)")
-        if group_col is None:
-            groups = data.record_ids
-        elif group_col == "record_id":
+                        "patient_id" if group_col == "patient_id" else "record (each record its own group)")
+        if group_col == "record_id":
             groups = data.record_ids
         elif group_col in data.meta:
             groups = data.meta[group_col]

@@ -11,10 +11,11 @@
   into equal batches (the incomplete last batch dropped so every rank takes
   the same number of steps). The position in the data is ``(epoch, batch)``,
   which is all a resume needs.
-* :func:`join_labels` / :func:`labels_from_columns`: a label matrix with NaN
-  for null (unobserved) entries, and how many rows joined.
-* :func:`split_by_fold` / :func:`split_grouped`: train/validation/test
-  index sets; grouped splits keep every patient (or record) on one side.
+* :func:`join_labels`: a label matrix with NaN for null (unobserved)
+  entries from a label table, and how many rows joined.
+
+Label values, duplicate record ids in a label table and the splits follow
+:mod:`ecgtool.evaluation` (the rules ``probe`` uses too).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ecgtool.errors import InputError, UsageError
+from ecgtool.evaluation import labels as EL
 from ecgtool.io import schema as S
 from ecgtool.signal.leads import normalize_lead
 
@@ -197,58 +199,6 @@ class BatchPlan:
 # --------------------------------------------------------------------------- labels
 
 
-def _label_value(v) -> float:
-    if v is None:
-        return np.nan
-    if isinstance(v, (bool, np.bool_)):
-        return float(v)
-    if isinstance(v, (int, float, np.integer, np.floating)):
-        f = float(v)
-        return np.nan if np.isnan(f) else f
-    s = str(v).strip().lower()
-    if s in ("", "nan", "null", "none", "na"):
-        return np.nan
-    if s in ("1", "true", "yes", "y", "1.0"):
-        return 1.0
-    if s in ("0", "false", "no", "n", "0.0"):
-        return 0.0
-    raise ValueError(f"{v!r} is not a label value (1/0/null)")
-
-
-def class_columns(values: Sequence) -> tuple[list[str], dict[str, list]]:
-    """A column of class names (multiclass) -> (sorted class names, one 1/0/null column per class)."""
-    names = [None if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip() else str(v).strip()
-             for v in values]
-    classes = sorted({v for v in names if v is not None})
-    return classes, {c: [None if v is None else int(v == c) for v in names] for c in classes}
-
-
-def is_class_column(values: Sequence) -> bool:
-    """True when a label column holds class names rather than 1/0/null."""
-    try:
-        for v in values:
-            _label_value(v)
-    except ValueError:
-        return True
-    return False
-
-
-def label_matrix(columns: dict[str, list], names: Sequence[str], source: str) -> np.ndarray:
-    """(n, K) float32 with 1/0 and NaN for null, from label columns."""
-    out = np.empty((len(next(iter(columns.values()))) if columns else 0, len(names)), dtype=np.float32)
-    for k, name in enumerate(names):
-        try:
-            out[:, k] = [_label_value(v) for v in columns[name]]
-        except ValueError as exc:
-            raise InputError(f"{source}: label column '{name}': {exc}",
-                             "label columns hold 1, 0 or null (unobserved)") from None
-        bad = ~np.isnan(out[:, k]) & ~np.isin(out[:, k], (0.0, 1.0))
-        if bad.any():
-            raise InputError(f"{source}: label column '{name}' has values other than 1/0/null "
-                             f"(e.g. {out[bad, k][0]:g})")
-    return out
-
-
 def label_names_of(table: pa.Table, meta: S.TableMeta | None, source: str) -> list[str]:
     names = None
     if meta is not None:
@@ -265,17 +215,15 @@ def label_names_of(table: pa.Table, meta: S.TableMeta | None, source: str) -> li
 
 def join_labels(record_ids: np.ndarray, labels: pa.Table, names: Sequence[str],
                 source: str = "labels") -> tuple[np.ndarray, int]:
-    """Label rows for each record id (NaN rows where the id is not in ``labels``); returns (Y, joined rows)."""
+    """Label rows for each record id (NaN rows where the id is not in ``labels``); returns (Y, joined rows).
+
+    A record_id on several rows: see :func:`ecgtool.evaluation.labels.unique_label_rows`."""
     if S.RECORD_ID not in labels.schema.names:
         raise InputError(f"{source}: no '{S.RECORD_ID}' column to join on")
-    ids = [str(v) for v in labels.column(S.RECORD_ID).to_pylist()]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"{source}: record_id {dup!r} appears more than once")
-    y = label_matrix({n: labels.column(n).to_pylist() for n in names}, names, source)
-    pos = {rid: i for i, rid in enumerate(ids)}
+    columns = {n: labels.column(n).to_pylist() for n in names}
+    y = EL.label_matrix(columns, names, source)
+    rows = EL.join_rows(record_ids, labels.column(S.RECORD_ID).to_pylist(), columns, source)
     out = np.full((len(record_ids), len(names)), np.nan, dtype=np.float32)
-    rows = np.array([pos.get(str(r), -1) for r in record_ids], dtype=np.int64)
     hit = rows >= 0
     out[hit] = y[rows[hit]]
     return out, int(hit.sum())
@@ -298,43 +246,3 @@ def check_label_columns(y: np.ndarray, names: Sequence[str], source: str, multic
     if bad:
         raise InputError(f"{source}: labels cannot be learned: " + "; ".join(bad),
                          "drop these labels with --labels, or add data with both classes")
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def split_by_fold(folds: Sequence, val: Sequence, test: Sequence = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index arrays (train, val, test) from a fold column; ``val``/``test`` are fold values."""
-    f = np.asarray([str(v) if v is not None else "" for v in folds], dtype=object)
-    vs, ts = {str(v) for v in val}, {str(v) for v in test}
-    if vs & ts:
-        raise UsageError(f"folds {sorted(vs & ts)} are both validation and test folds")
-    val_idx = np.flatnonzero(np.isin(f, list(vs)))
-    test_idx = np.flatnonzero(np.isin(f, list(ts)))
-    train_idx = np.flatnonzero(~np.isin(f, list(vs | ts)) & (f != ""))
-    return train_idx, val_idx, test_idx
-
-
-def split_grouped(groups: Sequence, val_fraction: float, test_fraction: float = 0.0,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index arrays (train, val, test) with every group (patient, else record) on one side."""
-    if not (0.0 < val_fraction < 1.0) or not (0.0 <= test_fraction < 1.0) or val_fraction + test_fraction >= 1.0:
-        raise UsageError(f"--val-fraction {val_fraction} / --test-fraction {test_fraction}: each in (0, 1) "
-                         "and together below 1")
-    g = np.asarray([str(v) for v in groups], dtype=object)
-    uniq, inv = np.unique(g, return_inverse=True)
-    if len(uniq) < 2:
-        raise InputError(f"only {len(uniq)} group(s) to split", "give more patients/records or use --fold-column")
-    rng = np.random.default_rng([int(seed), 0x5B17])
-    perm = rng.permutation(len(uniq))
-    n_val = max(1, int(round(val_fraction * len(uniq))))
-    n_test = int(round(test_fraction * len(uniq)))
-    if test_fraction > 0:
-        n_test = max(1, n_test)
-    if n_val + n_test >= len(uniq):
-        raise InputError(f"{len(uniq)} groups are too few for these fractions")
-    side = np.zeros(len(uniq), dtype=np.int8)
-    side[perm[:n_val]] = 1
-    side[perm[n_val:n_val + n_test]] = 2
-    s = side[inv]
-    return np.flatnonzero(s == 0), np.flatnonzero(s == 1), np.flatnonzero(s == 2)

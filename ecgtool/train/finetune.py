@@ -8,7 +8,7 @@ Losses (``task``):
   part of that record's source vocabulary) is masked out, so datasets labelled
   with different vocabularies train one head.
 * ``multiclass``: softmax cross-entropy over the label columns used as one-hot
-  classes (a row whose observed labels hold no 1 is left out).
+  classes (a row whose observed labels do not hold exactly one 1 is left out).
 * ``pu``: non-negative PU learning (Kiryo et al., 2017), per label: a 1 is a
   positive, a 0 ("not mentioned") is unlabeled rather than negative, a null is
   left out. Class prior ``pi_k = pu_prior_scale *`` the observed positive rate
@@ -27,7 +27,8 @@ mode).
 Evaluation: scores per row, then per record (mean of the segment logits),
 macro AUPRC over the labels with both classes in the validation set; early
 stopping on it. After training, the best model's validation logits give a
-temperature T (one scalar, minimising the validation NLL of logits / T) and
+temperature T (one scalar, minimising the validation NLL of logits / T,
+:func:`ecgtool.evaluation.calibration.fit_temperature`) and
 per-label thresholds on the calibrated probabilities (F1-optimal, see
 :func:`ecgtool.analysis.metrics.choose_threshold`) and a split-conformal
 calibration at ``alpha`` (:mod:`ecgtool.analysis.conformal`: adaptive
@@ -62,6 +63,9 @@ import torch
 import torch.nn as nn
 
 from ecgtool.errors import CheckpointError, InputError, UsageError
+from ecgtool.evaluation import calibration as ECAL
+from ecgtool.evaluation import labels as EL
+from ecgtool.evaluation import splits as ES
 from ecgtool.io import schema as S
 from ecgtool.signal.leads import normalize_lead
 from ecgtool.train import objectives as O
@@ -229,6 +233,40 @@ def per_record(record_index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray
     return uniq, out / counts
 
 
+def split_rows(cfg: FinetuneConfig, column, columns: Sequence[str], record_ids: np.ndarray,
+               source: str = "input") -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Row indices (train, val, test) and a description of the split, by ``cfg``.
+
+    ``--fold-column`` with ``--val-folds`` / ``--test-folds``
+    (:func:`ecgtool.evaluation.splits.fold_split`), else a random split grouped by ``--group-column``
+    (default patient_id, else record_id; :func:`ecgtool.evaluation.splits.grouped_split`). ``column(name)``
+    gives a column of the table as a list (None when absent); ``columns`` are the table's column names.
+    """
+    def groups_of(name: str, required: bool) -> np.ndarray | None:
+        vals = column(name)
+        if vals is None:
+            if required:
+                raise InputError(f"{source}: no column '{name}' to group the split by")
+            return None
+        return ES.group_keys(vals, fallback=record_ids)  # a row without a group id: its record's group
+
+    if cfg.fold_column:
+        folds = column(cfg.fold_column)
+        if folds is None:
+            raise InputError(f"{source}: no fold column '{cfg.fold_column}'")
+        tr, va, te = ES.fold_split(folds, cfg.val_folds, cfg.test_folds, column=cfg.fold_column)
+        groups = groups_of(cfg.group_column or ES.PATIENT_ID, bool(cfg.group_column))
+        leak = set(groups[tr]) & (set(groups[va]) | set(groups[te])) if groups is not None else set()
+        if leak:
+            log.warning("%d patients have records in the training split and in validation/test folds "
+                        "(the fold column is not patient-grouped)", len(leak))
+        return tr, va, te, f"fold column {cfg.fold_column}: val {cfg.val_folds}, test {cfg.test_folds}"
+    name = cfg.group_column or ES.default_group_column(columns)
+    groups = groups_of(name, True) if name != ES.RECORD_ID else np.asarray(record_ids, dtype=object)
+    tr, va, te = ES.grouped_split(groups, cfg.val_fraction, cfg.test_fraction, seed=0)
+    return tr, va, te, f"grouped by {name}: val {cfg.val_fraction}, test {cfg.test_fraction}"
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -259,15 +297,8 @@ class Finetuner:
         names, y = self._labels(labels)
         self.multiclass = cfg.task == "multiclass"
         if self.multiclass:
-            target = np.full(len(y), -1, dtype=np.int64)
-            obs = np.nan_to_num(y, nan=0.0)
-            has = obs.max(1) > 0
-            many = (obs.sum(1) > 1)
-            if many.any():
-                log.warning("%d rows have more than one class set; the first is used", int(many.sum()))
-            target[has] = obs[has].argmax(1)
-            self.target = target
-            labelled = target >= 0
+            self.target, _ = EL.class_targets(y, names, self.data.name)
+            labelled = self.target >= 0
         else:
             labelled = ~np.isnan(y).all(1)
         self.label_names, self.y = names, y
@@ -413,52 +444,24 @@ class Finetuner:
                              "give a label table with --labels-table, or name existing columns")
         columns = {n: self.data.column(n) for n in names}
         names, columns = self._classes(names, columns, self.data.name)
-        y = D.label_matrix(columns, names, self.data.name)
+        y = EL.label_matrix(columns, names, self.data.name)
         self.report.update(joined_rows=len(self.data), records=len(set(self.data.record_ids.tolist())))
         return list(names), y
 
     def _classes(self, names: list[str], columns: dict[str, list], source: str) -> tuple[list[str], dict[str, list]]:
         """--task multiclass with one column of class names (CinC 2017's N/A/O/~): one 1/0 column per class."""
-        if self.cfg.task != "multiclass" or len(names) != 1 or not D.is_class_column(columns[names[0]]):
+        if self.cfg.task != "multiclass" or len(names) != 1 or not EL.is_class_column(columns[names[0]]):
             return list(names), columns
-        classes, cols = D.class_columns(columns[names[0]])
+        classes, cols = EL.class_columns(columns[names[0]])
         if self.dist.is_main:
             log.info("labels: column '%s' of %s holds %d classes: %s", names[0], source, len(classes),
                      ", ".join(classes[:20]))
         return classes, cols
 
     def _split(self):
-        cfg = self.cfg
-        if cfg.fold_column:
-            folds = self.data.column(cfg.fold_column)
-            if folds is None:
-                raise InputError(f"{self.data.name}: no fold column '{cfg.fold_column}'")
-            tr, va, te = D.split_by_fold(folds, cfg.val_folds, cfg.test_folds)
-            self.report["split"] = f"fold column {cfg.fold_column}: val {cfg.val_folds}, test {cfg.test_folds}"
-            groups = self._groups()
-            leak = set(groups[tr]) & (set(groups[va]) | set(groups[te])) if groups is not None else set()
-            if leak:
-                log.warning("%d patients have records in the training split and in validation/test folds "
-                            "(the fold column is not patient-grouped)", len(leak))
-            return tr, va, te
-        groups = self._groups()
-        name = cfg.group_column or (D.S.PATIENT_ID if groups is not None else D.S.RECORD_ID)
-        if groups is None:
-            groups = self.data.record_ids
-        tr, va, te = D.split_grouped(groups, cfg.val_fraction, cfg.test_fraction, seed=0)
-        self.report["split"] = f"grouped by {name}: val {cfg.val_fraction}, test {cfg.test_fraction}"
+        tr, va, te, self.report["split"] = split_rows(self.cfg, self.data.column, self.data.table.schema.names,
+                                                      self.data.record_ids, self.data.name)
         return tr, va, te
-
-    def _groups(self) -> np.ndarray | None:
-        col = self.cfg.group_column or D.S.PATIENT_ID
-        vals = self.data.column(col)
-        if vals is None:
-            if self.cfg.group_column:
-                raise InputError(f"{self.data.name}: no column '{col}' to group the split by")
-            return None
-        vals = np.asarray([str(v) if v is not None else f"record:{r}" for v, r in zip(vals, self.data.record_ids)],
-                          dtype=object)
-        return vals
 
     def _augment_plan(self):
         want = tuple(normalize_lead(x) for x in self.model.contract.leads)
@@ -553,11 +556,13 @@ class Finetuner:
             self.model.load_state_dict(self.loop.best_state)
         z, y = self.record_level(self.val_idx)
         if self.multiclass:
-            t = np.where(np.isnan(y).all(1), -1, np.nan_to_num(y).argmax(1))
-            temp = O.fit_temperature(torch.from_numpy(z), torch.from_numpy(t), multiclass=True)
+            temp = ECAL.fit_temperature(z, self._class_index(y), multiclass=True)
         else:
-            temp = O.fit_temperature(torch.from_numpy(z), torch.from_numpy(np.nan_to_num(y)),
-                                     mask=torch.from_numpy((~np.isnan(y)).astype(np.float32)))
+            temp = ECAL.fit_temperature(z, y)  # one T for all labels; NaN (null) entries left out
+        if temp is None:
+            if self.dist.is_main:
+                log.warning("no temperature fitted: the validation split has a single class; using T = 1")
+            temp = 1.0
         p = self.scores(z, temp)
         thresholds = []
         for k in range(len(self.label_names)):

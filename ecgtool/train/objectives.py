@@ -24,11 +24,12 @@ Finetuning:
 * :func:`multiclass_loss`: softmax cross-entropy.
 * :func:`nnpu_loss`: non-negative PU risk (Kiryo et al., 2017) per label,
   see its docstring.
+
+Temperature scaling of the finetuned model's logits is numpy code:
+:func:`ecgtool.evaluation.calibration.fit_temperature`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -201,45 +202,3 @@ def pos_weight_from_counts(pos: torch.Tensor, n: torch.Tensor, cap: float = 1e4)
     p = pos.double() / n.double().clamp_min(1.0)
     w = (1.0 - p) / p.clamp_min(1.0 / cap)
     return w.clamp(max=cap).float()
-
-
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, multiclass: bool = False,
-                    mask: torch.Tensor | None = None) -> float:
-    """One scalar T > 0 minimising the validation NLL of ``logits / T`` (golden-section on log T)."""
-    z = logits.detach().double()
-    if multiclass:
-        keep = targets >= 0
-        z, t = z[keep], targets[keep].long()
-
-        def nll(temp: float) -> float:
-            return float(F.cross_entropy(z / temp, t))
-    else:
-        t = torch.nan_to_num(targets.double(), nan=0.0)
-        m = torch.ones_like(z) if mask is None else mask.double()
-
-        def nll(temp: float) -> float:
-            l = F.binary_cross_entropy_with_logits(z / temp, t, reduction="none")
-            return float((l * m).sum() / m.sum().clamp_min(1.0))
-
-    lo, hi = math.log(0.05), math.log(20.0)
-    g = (math.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(math.exp(c)), nll(math.exp(d))
-    for _ in range(60):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = nll(math.exp(c))
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = nll(math.exp(d))
-    t = (a + b) / 2
-    if min(t - lo, hi - t) < 1e-2:  # at the edge of the search: the calibration is not to be trusted
-        import logging
-
-        logging.getLogger("ecgtool").warning(
-            "the fitted temperature %.3g is at the edge of its search range (0.05 .. 20): the validation split "
-            "may be too small or one-sided for calibration", math.exp(t))
-    return float(math.exp(t))
