@@ -168,8 +168,16 @@ def cinc_embeddings(data_dir, tmp_path_factory):
 
 
 def test_probe_conformal_sets_cover_90_percent_of_cinc2017_test_records(cinc_embeddings, cli):
-    """Calibrated on the validation split (338 records), the APS sets at alpha 0.1 hold the true class of 90% ± 3%
-    of the 673 test records, and the report gives that coverage with a CI."""
+    """Calibrated on the validation split (602 CinC 2017 records in splits.csv), the APS sets at alpha 0.1 hold the
+    true class of 90% ± 3% of the 1201 test records, and the report gives that coverage with a CI."""
+    import csv
+
+    from conftest import ROOT
+
+    with open(ROOT / SPLITS, newline="") as f:
+        cinc = [r["split"] for r in csv.DictReader(f) if r["record"].startswith("A")]
+    n_val, n_test = cinc.count("val"), cinc.count("test")
+    assert (n_val, n_test) == (602, 1201)
     rep_path = cinc_embeddings / "rep.json"
     r = cli(["probe", cinc_embeddings / "emb.parquet", "--label-cols", "label", "--multiclass", "--fold-col",
              "split", "--test-fold", "test", "--val-fold", "val", "--alpha", "0.1", "--report", rep_path,
@@ -177,15 +185,15 @@ def test_probe_conformal_sets_cover_90_percent_of_cinc2017_test_records(cinc_emb
     assert r.exit_code == 0, r.output
     assert "Conformal prediction sets (APS, alpha=0.1" in r.stdout
     rep = json.loads(rep_path.read_text())
-    assert rep["protocol"]["splits"][0]["val"] == 338 and rep["protocol"]["splits"][0]["test"] == 673
+    assert rep["protocol"]["splits"][0]["val"] == n_val and rep["protocol"]["splits"][0]["test"] == n_test
     conf = rep["conformal"]
-    assert conf["calibration"]["n_calibration"] == 338 and 0 < conf["calibration"]["qhat"] < 1
+    assert conf["calibration"]["n_calibration"] == n_val and 0 < conf["calibration"]["qhat"] < 1
     cov = conf["test"]["coverage"]
     assert 0.87 <= cov["value"] <= 0.93, cov
     assert cov["ci"][0] <= cov["value"] <= cov["ci"][1] and cov["ci"][1] - cov["ci"][0] < 0.08
-    assert conf["test"]["n_test"] == 673
+    assert conf["test"]["n_test"] == n_test
     assert 1.0 < conf["test"]["mean_set_size"] < 4.0
-    assert sum(conf["test"]["set_size_counts"].values()) == 673
+    assert sum(conf["test"]["set_size_counts"].values()) == n_test
     # selective prediction: the risk falls as the least confident records are set aside
     sel = rep["selective"]
     assert sel["risk"][0] < sel["risk_at_full_coverage"] and 0 < sel["aurc"] < sel["risk_at_full_coverage"]

@@ -27,16 +27,19 @@ def default_model():
 def test_shipped_model_loads_with_labels_and_contract(default_model):
     path, model = default_model
     assert path.stat().st_size <= 25 * 1024 * 1024
-    assert model.family == "ecgfm"
+    assert model.family == "net1d"
     assert model.label_names == LABELS
     c = model.contract
-    assert (c.fs, c.n_samples, c.normalisation, c.preset) == (100.0, 500, "per-lead-zscore", "ecgtool-default")
+    assert (c.fs, c.n_samples, c.normalisation, c.preset) == (250.0, 2500, "per-lead-zscore", "ecgtool-default")
     assert list(c.leads) == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     thresholds = model.extra["thresholds"]
     assert len(thresholds) == len(LABELS) and all(0.0 < t < 1.0 for t in thresholds)
     assert model.extra["temperature"] > 0
-    # finetuned for inference: no pretraining heads in the shipped file
-    assert model.quantizer is None and model.proj is not None
+    # the architecture registered as ecgtool-default, with its 9-output head
+    from ecgtool.models.registry import create_model
+
+    assert model.config == {**create_model("ecgtool-default").config, "n_classes": len(LABELS)}
+    assert model.extra.get("conformal"), "calibrated on validation: conformal thresholds ship with the model"
 
 
 def _predict(cli, src, out):
@@ -87,13 +90,13 @@ def test_default_preset_renames_cinc2017_lead_and_rounds(cli, tmp_path, data_dir
     rec = data_dir / "cinc2017" / "A00001.hea"
     raw, seg, t, meta = _convert_preprocess(cli, rec, tmp_path, "--rename", "ECG=I")
     n = t.num_rows
-    assert n == 30 // 5  # A00001: 9000 samples at 300 Hz = 30 s -> six 5 s windows
+    assert n == 30 // 10  # A00001: 9000 samples at 300 Hz = 30 s -> three 10 s windows
     assert t.column("segment").to_pylist() == list(range(n))
-    assert t.column("fs").to_pylist() == [100.0] * n
+    assert t.column("fs").to_pylist() == [250.0] * n
     mask = np.asarray(t.column("lead_mask").to_pylist())
     assert mask[:, 0].all() and not mask[:, 1:].any()
     x = np.asarray(t.column("signal").to_pylist(), dtype=np.float32)
-    assert x.shape == (n, 12, 500)
+    assert x.shape == (n, 12, 2500)
     assert not x[:, 1:].any() and x[:, 0].std() > 0.5
     # without the rename its single lead 'ECG' is taken as lead I, with a warning naming the record
     res = cli(["preprocess", "--preset", "ecgtool-default", raw, "-o", tmp_path / "default.parquet"])

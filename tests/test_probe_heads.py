@@ -211,7 +211,7 @@ def test_embed_random_init_is_seeded_and_named(records):
     assert info["embedding"]["random_init"] == {"architecture": "ecgtool-default", "seed": 0}
     assert info["architecture"] == "ecgtool-default" and info["pretraining_data"] == []
     pre = t["pre"][1].info
-    assert pre["architecture"] == "ecgtool-default" and "PTB-XL (records100)" in pre["pretraining_data"]
+    assert pre["architecture"] == "ecgtool-default" and any(d.startswith("PTB-XL") for d in pre["pretraining_data"])
     assert "random_init" not in pre["embedding"]
     # a checkpoint is refused, naming its weightless architecture
     from ecgtool.models.default import default_model_path
@@ -222,37 +222,41 @@ def test_embed_random_init_is_seeded_and_named(records):
     assert not (records / "x.parquet").exists()
 
 
-def test_predict_crops_average_evenly_spaced_windows(records):
-    """--crops 3 on 10 s records and the default model's 5 s window: windows start at 0, 2.5 and 5 s; the
-    output is the mean of the three windows' probabilities."""
+def test_predict_crops_average_evenly_spaced_windows(data_dir, tmp_path):
+    """--crops 3 on 30 s CinC 2017 records and the default model's 10 s window: windows start at 0, 10 and
+    20 s; the output is the mean of the three windows' probabilities."""
     import torch
 
     from ecgtool.io import batch_signal_array
     from ecgtool.models.checkpoint import load_model
     from ecgtool.models.inference import probabilities
 
-    seg = records / "whole.parquet"
-    r = _run(["preprocess", "--preset", "ecgtool-default", "--length", "10", records / "rec.parquet", "-o", seg])
+    heas = [data_dir / "cinc2017" / f"A0000{i}.hea" for i in (1, 2, 4)]  # 9000 samples at 300 Hz each
+    assert _run(["convert", *heas, "-o", tmp_path / "rec.parquet"]).exit_code == 0
+    seg = tmp_path / "whole.parquet"
+    r = _run(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", "--length", "30",
+              tmp_path / "rec.parquet", "-o", seg])
     assert r.exit_code == 0, r.output
-    r = _run(["predict", seg, "--crops", "3", "-o", records / "crops.parquet"])
+    r = _run(["predict", seg, "--crops", "3", "-o", tmp_path / "crops.parquet"])
     assert r.exit_code == 0, r.output
-    assert "3 crop(s) of 500 samples, evenly spaced (starts 0, 250, 500)" in r.stderr
-    got, meta = read_table(records / "crops.parquet")
+    assert "3 crop(s) of 2500 samples, evenly spaced (starts 0, 2500, 5000)" in r.stderr
+    got, meta = read_table(tmp_path / "crops.parquet")
     assert meta.info["crops"] == 3
     m = load_model("ecgtool-default")
     tab, _ = read_table(seg)
     x = batch_signal_array(tab.to_batches()[0])
+    assert x.shape[-1] == 7500
     names = meta.info["label_names"]
     with torch.no_grad():
-        p = np.mean([probabilities(m.logits(torch.from_numpy(np.ascontiguousarray(x[:, :, a:a + 500]))),
-                                   m.extra["temperature"]).numpy() for a in (0, 250, 500)], axis=0)
+        p = np.mean([probabilities(m.logits(torch.from_numpy(np.ascontiguousarray(x[:, :, a:a + 2500]))),
+                                   m.extra["temperature"]).numpy() for a in (0, 2500, 5000)], axis=0)
     np.testing.assert_allclose(np.column_stack([got.column(n).to_numpy() for n in names]), p, atol=1e-5)
-    # raw records: the preset's windows make way for the crops
-    r = _run(["predict", records / "rec.parquet", "--crops", "3", "-o", records / "crops_raw.parquet"])
+    # raw records: the preset's windows make way for the crops (CinC 2017's 'ECG' is taken as lead I)
+    r = _run(["predict", tmp_path / "rec.parquet", "--crops", "3", "-o", tmp_path / "crops_raw.parquet"])
     assert r.exit_code == 0, r.output
-    raw, _ = read_table(records / "crops_raw.parquet")
-    np.testing.assert_allclose(raw.column("NORM").to_numpy(), got.column("NORM").to_numpy(), atol=1e-5)
-    r = _run(["predict", seg, "--crops", "0", "-o", records / "bad.parquet"])
+    raw, _ = read_table(tmp_path / "crops_raw.parquet")
+    np.testing.assert_allclose(raw.column("AF").to_numpy(), got.column("AF").to_numpy(), atol=1e-5)
+    r = _run(["predict", seg, "--crops", "0", "-o", tmp_path / "bad.parquet"])
     assert r.exit_code == 2 and "--crops 0" in r.stderr
 
 
@@ -294,9 +298,10 @@ def test_finetune_leakage_warning_and_lr_scales(data_dir, tmp_path):
     rep = tmp_path / "rep.json"
     r = _run(["finetune", tmp_path / "seg.parquet", "-m", default_model_path(), "-l", tmp_path / "lab.parquet",
               "--labels", "NORM,STTC", "-o", tmp_path / "ft.safetensors", "--val-fraction", "0.4", "--device", "cpu",
+              "--batch-size", "8",
               "--max-steps", "1", "--lr-scales", "1,1", "--lr", "1e-4", "--report", rep])
     assert r.exit_code == 0, r.output
-    assert "possible leakage" in r.output and "PTB-XL (records100)" in r.output
+    assert "possible leakage" in r.output and "PTB-XL (records500" in r.output
     out = json.loads(rep.read_text())
     assert {g["lr"] for g in out["lr_groups"].values()} == {1e-4}
     assert out["leakage"][0]["dataset"] == "PTB-XL"

@@ -705,17 +705,16 @@ def ecgfm_tiny(**overrides) -> EcgFm:
                      "conv_pos_groups": 4, "latent_vars": 8, "final_dim": 48}, overrides)
 
 
-# ecgtool's own default model: a compact input (100 Hz, 12 leads, 5 s windows,
-# per-lead z-score, missing leads zero-filled) so that its training tables and
-# the shipped weights stay small. The conv stack suits 100 Hz: a stride-1 block
+# ECG-FM mini (ecgtool's default model before the Net1D one): a compact input
+# (100 Hz, 12 leads, 5 s windows, per-lead z-score, missing leads zero-filled). The conv stack suits 100 Hz: a stride-1 block
 # over 50 ms, then two stride-2 blocks -> 123 frames per 500 samples (25 Hz,
 # close to ECG-FM's 31 Hz at 500 Hz), so mask spans of 10 frames cover 0.4 s.
-DEFAULT_CONTRACT = card("ecgtool-default").contract
+MINI_CONTRACT = card("ecgfm-mini").contract
 
 
-@register_model("ecgtool-default")
-def ecgtool_default(**overrides) -> EcgFm:
-    overrides.setdefault("contract", DEFAULT_CONTRACT)
+@register_model("ecgfm-mini")
+def ecgfm_mini(**overrides) -> EcgFm:
+    overrides.setdefault("contract", MINI_CONTRACT)
     return _variant({"conv_feature_layers": "[(128, 5, 1), (256, 3, 2), (256, 3, 2)]", "encoder_layers": 4,
                      "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024, "encoder_attention_heads": 4,
                      "conv_pos": 64, "conv_pos_groups": 16, "latent_vars": 160, "final_dim": 128}, overrides)

@@ -301,6 +301,20 @@ def ecgfounder_tiny(**overrides) -> Net1D:
     return _variant(TINY_CONFIG, overrides)
 
 
+# ecgtool's default model: the small Net1D at 250 Hz over 10 s windows (2,500 samples:
+# 1,250 after the stem, 10 frames after the seven stride-2 stages), no head of its own
+# (finetuning adds the 9-output classifier). Chosen for 2 CPU cores: a convolutional
+# update costs a fraction of a transformer's over the same samples (docs/default-model.md).
+DEFAULT_CONFIG = {**SMALL_CONFIG, "n_classes": None}
+DEFAULT_CONTRACT = card("ecgtool-default").contract
+
+
+@register_model("ecgtool-default")
+def ecgtool_default(**overrides) -> Net1D:
+    overrides.setdefault("contract", DEFAULT_CONTRACT)
+    return _variant(DEFAULT_CONFIG, overrides)
+
+
 # ----------------------------------------------------------------------------
 # the released .pth files
 

@@ -13,7 +13,10 @@ probability column per label). For every prediction table:
   (the challenge's F1 score, without ~), plus per-class AUROC.
 
 CIs are percentile bootstraps over records (1000 resamples, seed 0, from
-ecgtool.analysis.metrics.evaluate). The same resamples serve every model, so
+ecgtool.analysis.metrics.evaluate), for the macro values and for every label.
+Calibration: expected calibration error (15 equal-width bins, pooled over the
+labels of each dataset) of the probabilities as written (after the model's
+temperature, from the table's metadata) and before it (sigmoid(T * logit p)). The same resamples serve every model, so
 "NAME - FIRST" differences come with a paired CI.
 """
 
@@ -23,7 +26,7 @@ import sys
 
 import numpy as np
 
-from ecgtool.analysis.metrics import evaluate, percentile_ci
+from ecgtool.analysis.metrics import ece, evaluate, percentile_ci
 from ecgtool.io import read_table
 
 PTBXL = ["NORM", "MI", "STTC", "CD", "HYP"]
@@ -51,6 +54,23 @@ def ci(x):
     return [round(c[0], 4), round(c[1], 4)] if c else None
 
 
+def per_label(r, metric, names):
+    """{label: [point, low, high]} of one metric."""
+    out = {}
+    for j, n in enumerate(names):
+        c = ci(r["boot"][metric][:, j])
+        out[n] = [round(float(r["point"][metric][j]), 4), *(c or [None, None])]
+    return out
+
+
+def calibration(Y, P, T):
+    """ECE pooled over labels: after the temperature (as written) and before it."""
+    y, p = Y.ravel(), np.clip(P.ravel(), 1e-7, 1 - 1e-7)
+    raw = 1 / (1 + np.exp(-T * np.log(p / (1 - p))))
+    return {"temperature": round(T, 4), "ece_after": round(float(ece(y, p)), 4),
+            "ece_before": round(float(ece(y, raw)), 4)}
+
+
 Ylab = {n: column(lab, n) for n in PTBXL + CINC}
 ptb_rows = [i for i in range(len(lab_ids)) if not np.isnan(Ylab["NORM"][i])]
 cinc_rows = [i for i in range(len(lab_ids)) if not np.isnan(Ylab["normal"][i])]
@@ -61,6 +81,7 @@ for spec in a.preds:
     pred, meta = read_table(path)
     pos = {str(r): i for i, r in enumerate(pred.column("record_id").to_pylist())}
     out = {"predictions": path, "model": meta.info.get("model")}
+    temp = float(meta.info.get("temperature") or 1.0)
     # PTB-XL superclasses
     rows = [i for i in ptb_rows if lab_ids[i] in pos]
     take = [pos[lab_ids[i]] for i in rows]
@@ -69,7 +90,7 @@ for spec in a.preds:
     r = evaluate(Y, S, n_boot=a.n_boot, seed=a.seed)
     out["ptbxl"] = {"records": len(rows), "missing_predictions": len(ptb_rows) - len(rows),
                     "macro_auroc": round(r["macro_point"]["auroc"], 4), "macro_auroc_ci": ci(r["macro_boot"]["auroc"]),
-                    "auroc": {n: round(float(v), 4) for n, v in zip(PTBXL, r["point"]["auroc"])},
+                    "auroc": per_label(r, "auroc", PTBXL), "calibration": calibration(Y, S, temp),
                     "positives": {n: int(Y[:, k].sum()) for k, n in enumerate(PTBXL)}}
     boots.setdefault(name, {})["ptbxl"] = r["macro_boot"]["auroc"]
     # CinC 2017 classes
@@ -83,8 +104,8 @@ for spec in a.preds:
     r = evaluate(Y, P4[:, k3], preds=np.stack([guess == k for k in k3], 1), n_boot=a.n_boot, seed=a.seed + 1)
     out["cinc2017"] = {"records": len(rows), "missing_predictions": len(cinc_rows) - len(rows),
                        "macro_f1_NAO": round(r["macro_point"]["f1"], 4), "macro_f1_NAO_ci": ci(r["macro_boot"]["f1"]),
-                       "f1": {n: round(float(v), 4) for n, v in zip(CINC_SCORED, r["point"]["f1"])},
-                       "auroc": {n: round(float(v), 4) for n, v in zip(CINC_SCORED, r["point"]["auroc"])},
+                       "f1": per_label(r, "f1", CINC_SCORED), "auroc": per_label(r, "auroc", CINC_SCORED),
+                       "calibration": calibration(np.eye(4)[T], P4, temp),
                        "accuracy_4class": round(float((guess == T).mean()), 4),
                        "class_counts": {n: int((T == k).sum()) for k, n in enumerate(CINC)}}
     boots[name]["cinc2017"] = r["macro_boot"]["f1"]
@@ -120,6 +141,24 @@ for name in names:
     pc, cc = r["ptbxl"]["macro_auroc_ci"], r["cinc2017"]["macro_f1_NAO_ci"]
     print(f"| {name} | {r['ptbxl']['macro_auroc']:.3f} ({pc[0]:.3f}–{pc[1]:.3f}) "
           f"| {r['cinc2017']['macro_f1_NAO']:.3f} ({cc[0]:.3f}–{cc[1]:.3f}) |")
+
+def cell(v):
+    return f"{v[0]:.3f} ({v[1]:.3f}–{v[2]:.3f})" if v[1] is not None else f"{v[0]:.3f}"
+
+
+for name in names:
+    r = results[name]
+    print(f"\n{name}: per label (95% CI)\n")
+    print("| dataset | label | AUROC | F1 |")
+    print("|---|---|---|---|")
+    for n, v in r["ptbxl"]["auroc"].items():
+        print(f"| PTB-XL fold 10 | {n} | {cell(v)} | |")
+    for n, v in r["cinc2017"]["auroc"].items():
+        print(f"| CinC 2017 test | {n} | {cell(v)} | {cell(r['cinc2017']['f1'][n])} |")
+    for key, title in (("ptbxl", "PTB-XL fold 10"), ("cinc2017", "CinC 2017 test")):
+        c = r[key]["calibration"]
+        print(f"{title}: ECE {c['ece_before']:.3f} before the temperature ({c['temperature']:.3f}), "
+              f"{c['ece_after']:.3f} after")
 for name in names:
     if "ptbxl_af" in results[name]:
         f = results[name]["ptbxl_af"]

@@ -5,7 +5,10 @@
 #
 #   examples/default-model/evaluate.sh            # writes $WORK/eval.json and prints the table
 #
-# DATA, WORK, ECGTOOL, PYTHON as in train.sh; SCRATCH: the from-scratch model ($WORK/scratch.safetensors).
+# DATA, WORK, ECGTOOL, PYTHON as in train.sh; MODEL: the model to measure (default: the one in the package);
+# PREVIOUS: optionally a previous default model to compare with, side by side on the same resamples
+# (e.g. git show ffd3b93:ecgtool/data/models/default.safetensors > out/previous_default.safetensors),
+# preprocessed with PREVIOUS_PRESET (ecgfm-mini: the 100 Hz ECG-FM default of ecgtool 0.x).
 set -euo pipefail
 
 HERE=examples/default-model
@@ -13,14 +16,17 @@ DATA=${DATA:-../shared/data}
 WORK=${WORK:-out/default-model}
 ECGTOOL=${ECGTOOL:-ecgtool}
 PY=${PYTHON:-python3}
-SCRATCH=${SCRATCH:-$WORK/scratch.safetensors}
+MODEL=${MODEL:-}
+PREVIOUS=${PREVIOUS:-}
+PREVIOUS_PRESET=${PREVIOUS_PRESET:-ecgfm-mini}
 et() { $ECGTOOL "$@"; }
 
 mkdir -p "$WORK"
 # REFERENCE.csv has no header row; give it one so that the join never depends on which records are read
 { echo record,label; cat "$DATA/cinc2017/REFERENCE.csv"; } > "$WORK/cinc2017_reference.csv"
-awk -F, 'NR > 1 && $2 == "test" {print "/" $1 ".hea"}' "$HERE/splits.csv" > "$WORK/test_files.txt"
-find "$DATA/ptbxl-500/records100" "$DATA/cinc2017" -name '*.hea' | sort | grep -F -f "$WORK/test_files.txt" \
+# (PTB-XL rows name the 100 Hz file, 00009_lr; its 500 Hz twin 00009_hr is the same ECG)
+  awk -F, 'NR > 1 && $2 == "test" {print "/" $1 ".hea"; if (sub(/_lr$/, "_hr", $1)) print "/" $1 ".hea"}' "$HERE/splits.csv" > "$WORK/test_files.txt"
+find "$DATA/ptbxl-500/records500" "$DATA/cinc2017" -name '*.hea' | sort | grep -F -f "$WORK/test_files.txt" \
   > "$WORK/test_inputs.txt"
 et convert - --join "$DATA/ptbxl-500/ptbxl_database.csv" --join "$WORK/cinc2017_reference.csv" \
    --join "$HERE/splits.csv" -o "$WORK/test.raw.parquet" < "$WORK/test_inputs.txt"
@@ -32,15 +38,17 @@ $PY "$HERE/merge_labels.py" "$WORK/test.labels.ptbxl.parquet" "$WORK/test.labels
 
 # the model's own preset (full float32 precision here); CinC 2017's 'ECG' is lead I
 et preprocess --preset ecgtool-default --rename ECG=I "$WORK/test.raw.parquet" -o "$WORK/test.seg.parquet"
-# lead I alone (the other 11 leads are zero-filled by predict, as RLM trained for)
+# lead I alone (the other 11 leads are zero-filled by predict, as finetuning's lead dropout trained for)
 et preprocess --preset ecgtool-default --rename ECG=I --leads I "$WORK/test.raw.parquet" -o "$WORK/test.leadI.parquet"
 
-et predict "$WORK/test.seg.parquet" -o "$WORK/pred.default.parquet"          # no -m: the packaged model
-et predict "$WORK/test.leadI.parquet" -o "$WORK/pred.default.leadI.parquet"
-et predict -m "$SCRATCH" "$WORK/test.seg.parquet" -o "$WORK/pred.scratch.parquet"
-et predict -m "$SCRATCH" "$WORK/test.leadI.parquet" -o "$WORK/pred.scratch.leadI.parquet"
+m=(${MODEL:+-m "$MODEL"})   # no -m: the packaged model
+et predict "${m[@]}" "$WORK/test.seg.parquet" -o "$WORK/pred.default.parquet"
+et predict "${m[@]}" "$WORK/test.leadI.parquet" -o "$WORK/pred.default.leadI.parquet"
+preds=(default="$WORK/pred.default.parquet" "default, lead I only"="$WORK/pred.default.leadI.parquet")
+if [[ -n "$PREVIOUS" ]]; then
+  et preprocess --preset "$PREVIOUS_PRESET" --rename ECG=I "$WORK/test.raw.parquet" -o "$WORK/test.prev.parquet"
+  et predict -m "$PREVIOUS" "$WORK/test.prev.parquet" -o "$WORK/pred.previous.parquet"
+  preds+=(previous="$WORK/pred.previous.parquet")
+fi
 
-$PY "$HERE/evaluate.py" "$WORK/test.labels.parquet" \
-   pretrained="$WORK/pred.default.parquet" from-scratch="$WORK/pred.scratch.parquet" \
-   "pretrained, lead I only"="$WORK/pred.default.leadI.parquet" \
-   "from scratch, lead I only"="$WORK/pred.scratch.leadI.parquet" --json "$WORK/eval.json"
+$PY "$HERE/evaluate.py" "$WORK/test.labels.parquet" "${preds[@]}" --json "$WORK/eval.json"
