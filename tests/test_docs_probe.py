@@ -106,8 +106,10 @@ def test_the_doc_claims_hold(ran):
         assert m_probe["per_label"][name]["auroc"]["value"] == probe["metrics"]["per_label"][name]["auroc"]["value"]
     card = (ROOT / "docs" / "default-model.md").read_text()
     assert f"**{m_pred['macro']['auroc']['value']:.3f} (" in card
-    for name, v in (("NORM", 0.815), ("MI", 0.663), ("STTC", 0.945), ("CD", 0.736), ("HYP", 0.915)):
-        assert m_pred["per_label"][name]["auroc"]["value"] == pytest.approx(v, abs=0.0006)
+    shown = dict(re.findall(r"^\| PTB-XL fold 10 \| (\w+) \| (\d\.\d+) \(", card, flags=re.M))
+    assert set(shown) == {"NORM", "MI", "STTC", "CD", "HYP"}
+    for name, v in shown.items():
+        assert m_pred["per_label"][name]["auroc"]["value"] == pytest.approx(float(v), abs=0.0006)
     assert "possible leakage" in results[0].stderr and "PTB-XL" in results[0].stderr
     assert probe["conformal"]["calibration"]["HYP"]["t_pos"] is None and probe["conformal"]["calibration"]["HYP"][
         "n_pos"] == 8
@@ -119,7 +121,8 @@ def test_the_doc_claims_hold(ran):
     cov = cinc["conformal"]["test"]["coverage"]
     assert 0.87 <= cov["value"] <= 0.93 and cov["ci"][0] <= cov["value"] <= cov["ci"][1]
     per = cinc["conformal"]["test"]["coverage_per_class"]
-    assert round(per["N"], 2) == 0.98 and round(per["A"], 2) == 0.68 and round(per["~"], 2) == 0.56
+    assert round(per["N"], 2) == 0.98 and round(per["A"], 2) == 0.74 and round(per["O"], 2) == 0.80
+    assert round(per["~"], 2) == 0.50
     for f in ("figs/risk_coverage.png", "figs/scaling.png", "forest.png", "heads.png", "cinc-figs/risk_coverage.png"):
         assert (work / f).read_bytes()[:4] == b"\x89PNG", f
 
