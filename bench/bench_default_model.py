@@ -1,7 +1,7 @@
 """Benchmark: `ecgtool predict` with the shipped default model against the previous default, side by side.
 
-Both models predict the same converted CinC 2017 table (raw records: each command preprocesses with its
-model's own preset, as a user's `ecgtool predict rec.parquet` does). Steady state: the time of a run over
+Both models predict the same CinC 2017 records, each from a table preprocessed beforehand with its own
+model's preset (the previous model's file names its preset by its old name, so predict could not apply it). Steady state: the time of a run over
 --n records minus the same command on one record (its fixed start-up), as records/s; the runs alternate
 (new, previous, new, ...) and the minimum of --runs runs of each is kept. Then the one-record terminal
 case: `ecgtool predict RECORD.hea` (convert + preprocess + predict + the summary), wall time of whole
@@ -55,18 +55,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     a = ap.parse_args()
+    a.previous = a.previous.resolve()
 
     heas = sorted((a.data / "cinc2017").glob("A*.hea"))[: a.n]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         run(["convert", *heas, "-o", d / "all.parquet"], d)
         run(["convert", heas[0], "-o", d / "one.parquet"], d)
-        # the previous model's file names its preset by the old name: preprocess for it explicitly
+        # each model's own preset, applied beforehand (the previous model's file names its preset by the
+        # old name), so that both runs time predict on the table it takes
         for name in ("all", "one"):
             run(["preprocess", "--preset", a.previous_preset, "--rename", "ECG=I", d / f"{name}.parquet",
                  "-o", d / f"{name}.prev.parquet"], d)
+            run(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", d / f"{name}.parquet",
+                 "-o", d / f"{name}.new.parquet"], d)
         cmds = {
-            "new default (net1d, 250 Hz, 10 s)": lambda n: ["predict", d / f"{n}.parquet", "--rename", "ECG=I",
+            "new default (net1d, 250 Hz, 10 s)": lambda n: ["predict", d / f"{n}.new.parquet",
                                                           "-o", d / f"p.{n}.new.parquet"],
             "previous default (ecgfm-mini, 100 Hz, 5 s)": lambda n: ["predict", "-m", a.previous,
                                                                     d / f"{n}.prev.parquet", "-o",
