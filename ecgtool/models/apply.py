@@ -438,7 +438,7 @@ def conformal_columns(p: np.ndarray, names: list[str], task: str, conformal: dic
     cols = {}
     for j, n in enumerate(names):
         vals = [cf.DECISIONS[int(v)] if ok[j] else None for v in d[:, j]]
-        cols[f"{n}__decision"] = pa.array(vals, type=pa.string())
+        cols[f"{n}__decision"] = A.strings(vals)
     unc = [[names[j] for j in np.flatnonzero((row == cf.ABSTAIN) & ok)] for row in d]
     cols["uncertain"] = A.string_lists(unc)
     return cols
