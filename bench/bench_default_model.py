@@ -39,10 +39,10 @@ ET = [sys.executable, "-m", "ecgtool"]
 
 def run(args, cwd) -> float:
     t = time.perf_counter()
-    r = subprocess.run(ET + [str(a) for a in args], cwd=cwd, env=CHILD_ENV, capture_output=True, text=True)
+    r = subprocess.run(ET + [str(a) for a in args], cwd=cwd, env=CHILD_ENV, capture_output=True)
     dt_ = time.perf_counter() - t
     if r.returncode:
-        raise SystemExit(f"{' '.join(map(str, args))} failed:\n{r.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(map(str, args))} failed:\n{r.stderr.decode(errors='replace')[-2000:]}")
     return dt_
 
 
@@ -87,7 +87,7 @@ def main() -> None:
             rows.append((k, t_all, t_one, (len(heas) - 1) / max(t_all - t_one, 1e-9)))
         # one record on a terminal: convert + preprocess + predict in one command
         one_rec = heas[0]
-        walls = [run(["predict", one_rec], d) for _ in range(a.runs)]
+        walls = [run(["predict", one_rec, "-o", d / "one.pred.parquet"], d) for _ in range(a.runs)]
         imp = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch"], env=CHILD_ENV,
                              capture_output=True, text=True).stderr
         torch_us = max(int(m.group(1)) for m in re.finditer(r"\|\s*(\d+) \| torch$", imp, flags=re.M))
@@ -111,7 +111,7 @@ def main() -> None:
         "",
         f"Ratio new / previous: **{new[3] / prev[3]:.2f}×** records/s (target ≥ 1).",
         "",
-        f"`ecgtool predict {one_rec.name}` on one record (convert + preprocess + predict + summary), whole "
+        f"`ecgtool predict {one_rec.name} -o one.parquet` on one record (convert + preprocess + predict), whole "
         f"process: median {statistics.median(walls):.2f} s (runs: {', '.join(f'{w:.2f}' for w in walls)}); "
         f"`import torch` alone {torch_us / 1e6:.2f} s, `ecgtool --help` imports {cli_us / 1e6:.2f} s.",
         "",
