@@ -1,5 +1,5 @@
-"""docs/probe.md's examples run exactly as written, and the numbers it shows are the ones they print; the
---help examples of compare (and the new ones of embed, predict and probe) run on stand-in tables.
+"""docs/probe.md's examples run exactly as written, and the numbers it shows are the ones they print (the
+--help examples of probe, compare, embed and predict run in tests/test_help_examples.py).
 
 The doc's commands run in a folder laid out like the repository root: ``../shared`` beside it (a link to the
 real one) and ``examples/`` (a link to the repository's). A number shown in the doc must equal the printed
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,82 +124,3 @@ def test_the_doc_claims_hold(ran):
     assert round(per["~"], 2) == 0.50
     for f in ("figs/risk_coverage.png", "figs/scaling.png", "forest.png", "heads.png", "cinc-figs/risk_coverage.png"):
         assert (work / f).read_bytes()[:4] == b"\x89PNG", f
-
-
-# --------------------------------------------------------------------------- --help examples
-
-NEW_EXAMPLES = {
-    "compare": None,  # every example
-    "embed": "--random-init",
-    "predict": "--crops",
-    "probe": ("--baseline random", "--head attention"),
-}
-
-
-def help_examples() -> list[str]:
-    from typer.testing import CliRunner
-
-    from ecgtool.cli import app
-
-    out = []
-    for cmd, pick in NEW_EXAMPLES.items():
-        text = CliRunner().invoke(app, [cmd, "--help"]).output
-        body = text.split("Examples:", 1)[1]
-        lines = [ln.strip() for ln in body.splitlines()]
-        ex = []
-        for ln in lines:
-            if not ln:
-                if ex:
-                    break
-                continue
-            if ln.startswith("ecgtool "):
-                ex.append(ln)
-            elif ex and ex[-1].endswith("\\"):
-                ex[-1] = ex[-1] + "\n" + ln
-        picks = (pick,) if isinstance(pick, str) else pick
-        out += [e for e in ex if pick is None or any(p in e for p in picks)]
-    return out
-
-
-@pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory, data_dir):
-    """Tables named as the examples name them: 150 PTB-XL records, their labels, embeddings (with per-token
-    features), predictions, two probe reports, and the bundled model as 'ft.safetensors'."""
-    from ecgtool.models.default import default_model_path
-
-    d = tmp_path_factory.mktemp("help-examples")
-    db = data_dir / "ptbxl-500" / "ptbxl_database.csv"
-    heas = sorted((data_dir / "ptbxl-500" / "records100" / "00000").glob("*_lr.hea"))[:150]
-    steps = [
-        ["convert", *heas, "--join", db, "-o", "rec.parquet"],
-        ["label", "rec.parquet", "-o", "labels.parquet"],
-        ["embed", "rec.parquet", "--local", "-o", "emb.parquet"],
-        ["predict", "rec.parquet", "-o", "pred.parquet"],
-        ["probe", "emb.parquet", "-l", "labels.parquet", "--fold-col", "strat_fold", "--n-boot", "100",
-         "--report", "probe.json"],
-        ["embed", "-m", "ecgtool-default", "--random-init", "rec.parquet", "-o", "random.parquet"],
-        ["probe", "random.parquet", "-l", "labels.parquet", "--fold-col", "strat_fold", "--n-boot", "100",
-         "--report", "probe.random.json"],
-    ]
-    for args in steps:
-        r = subprocess.run([sys.executable, "-m", "ecgtool", *map(str, args)], cwd=d, capture_output=True, text=True,
-                           env=_env())
-        assert r.returncode == 0, f"{args}\n{r.stderr[-2000:]}"
-    (d / "emb.local.parquet").symlink_to(d / "emb.parquet")
-    (d / "ft.safetensors").symlink_to(default_model_path())
-    for name in ("a", "b", "c"):
-        shutil.copy(d / "pred.parquet", d / f"{name}.parquet")
-    return d
-
-
-def test_new_help_examples_are_found():
-    ex = help_examples()
-    assert len(ex) >= 7, ex
-    assert sum(e.startswith("ecgtool compare") for e in ex) == 3
-
-
-@pytest.mark.parametrize("example", help_examples(), ids=lambda e: e.split("\n")[0][:60])
-def test_help_example_runs(example, stand_ins):
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", example], cwd=stand_ins, capture_output=True, text=True,
-                       env=_env())
-    assert r.returncode == 0, f"{example}\n{r.stderr[-3000:]}"

@@ -43,7 +43,7 @@ def embed(
       ecgtool embed -m ecgfm.safetensors seg.parquet -o emb.parquet
       ecgtool convert data/ -o - | ecgtool embed -m ecgfounder-12lead.safetensors - -o emb.parquet
       ecgtool embed -m model.safetensors seg.parquet --pool none --local -o frames.parquet
-      sbatch --array=1-8 --wrap 'ecgtool embed -m m.safetensors big.parquet -o emb.parquet'
+      sbatch --array=1-4 --wrap 'ecgtool embed -m m.safetensors big.parquet -o emb.parquet'
       ecgtool embed -m ecgtool-default --random-init --seed 0 rec.parquet -o emb.random.parquet
     """
 

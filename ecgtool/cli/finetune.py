@@ -107,11 +107,13 @@ def finetune(
     \b
     Examples:
       ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet -o ft.safetensors \\
-          --fold-column strat_fold --val-folds 9 --test-folds 10
-      ecgtool finetune seg.parquet -m ecgfm-small --from-scratch -l labels.parquet -o scratch.safetensors
+          --fold-column strat_fold --val-folds 9 --test-folds 10 --max-epochs 2
+      ecgtool finetune seg.parquet -m ecgfm-tiny --from-scratch -l labels.parquet --max-epochs 2 -o scratch.safetensors
       ecgtool finetune seg10.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
-      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass -o af.safetensors
-      ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet --lr 1e-3 --lr-scales 0.1,0.01 -o lw.safetensors
+      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass \\
+          --max-epochs 2 -o af.safetensors
+      ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet --lr 1e-3 --lr-scales 0.1,0.01 \\
+          --max-epochs 2 -o lw.safetensors
     """
     from ecgtool.cli.common import parse_floats, parse_list, run_steps, training_status
     from ecgtool.train.finetune import FinetuneConfig, Finetuner

@@ -67,10 +67,11 @@ def pretrain(
 
     \b
     Examples:
-      ecgtool pretrain seg.parquet -m ecgfm-small -o runs/pt --max-steps 2000
-      ecgtool pretrain seg.parquet -m ecgfm-small -o runs/pt --max-steps 4000 --resume
-      ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/w2v --no-cmsc --no-rlm --max-epochs 5
-      torchrun --nproc_per_node 4 -m ecgtool pretrain seg.parquet -o runs/pt --device cuda
+      ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/pt --batch-size 8 --max-steps 2
+      ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/pt --batch-size 8 --max-steps 4 --resume
+      ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/w2v --no-cmsc --no-rlm --batch-size 16 --max-epochs 2
+      torchrun --standalone --nproc_per_node 2 -m ecgtool pretrain seg.parquet -m ecgfm-tiny -o runs/ddp \\
+          --batch-size 4 --max-steps 2
     """
     from ecgtool.cli.common import parse_floats, run_steps, training_status
     from ecgtool.train.loop import LoopConfig
