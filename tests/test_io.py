@@ -355,7 +355,8 @@ def test_provenance_is_the_command_line_passed_down(tmp_path, cli):
     sys.argv; a library call records no command."""
     import sys
 
-    from ecgtool.io.schema import TableMeta, command_line
+    from ecgtool.io.schema import TableMeta
+    from ecgtool.provenance import command_line
 
     before = list(sys.argv)
     out = tmp_path / "t.parquet"
@@ -365,3 +366,15 @@ def test_provenance_is_the_command_line_passed_down(tmp_path, cli):
     step = TableMeta(kind="records").add_step().history[-1]
     assert step["command"] is None and step["program"] == "ecgtool"
     assert TableMeta(kind="records").add_step(["python", "-m", "x"]).history[-1]["command"] == "ecgtool -m x"
+
+
+def test_help_and_completion_start_up_import_no_array_library():
+    """--help (and shell completion, which runs the same start-up) loads neither torch nor numpy nor pyarrow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['ecgtool', '--help']\nfrom ecgtool.cli import main\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'numpy', 'pyarrow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

@@ -106,7 +106,7 @@ class EcgtoolGroup(TyperGroup):
     def main(self, args=None, prog_name=None, *a, **kw):
         # Commands record their command line in the tables they write (io.schema.command_line);
         # when the app is called in-process with explicit args, those are the command line.
-        from ecgtool.io.schema import reset_command_line, set_command_line
+        from ecgtool.provenance import reset_command_line, set_command_line
 
         args = list(map(str, args)) if args is not None else sys.argv[1:]
         token = set_command_line(["ecgtool", *args])

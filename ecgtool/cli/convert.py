@@ -97,7 +97,7 @@ def convert(
 
     errors = record_errors(on_error)
     lead_names = parse_lead_list(leads) if leads else None
-    from ecgtool.io.schema import command_line
+    from ecgtool.provenance import command_line
 
     if any(a == "--join-key" or a.startswith("--join-key=") for a in command_line()[1:]):
         log.warning("--join-key is now --join-on (the same option as label's); the old name goes in a later release")

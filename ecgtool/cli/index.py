@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ecgtool.io.schema import command_line
+from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import Input
 

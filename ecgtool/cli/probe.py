@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ecgtool.io.schema import command_line
+from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
 from ecgtool.cli.options import Device, Input, Json
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shlex
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ecgtool import __version__
+from ecgtool.provenance import command_line
 from ecgtool.errors import InputError
 from ecgtool.io import arrays as A
 
@@ -60,25 +60,6 @@ class Preprocessing:
     def physical_units(self) -> bool:
         """True when samples are still in physical units (mV), so leads may be derived from others."""
         return self.normalisation == "none"
-
-
-# The command line of the ecgtool command now running, set by the CLI (ecgtool.cli.app) for the
-# tables it writes; unset (empty) in library calls.
-_COMMAND: ContextVar[tuple[str, ...]] = ContextVar("ecgtool_command", default=())
-
-
-def set_command_line(argv: Sequence[str]):
-    """Record ``argv`` (``["ecgtool", ...]``) as the running command; returns a token for :func:`reset_command_line`."""
-    return _COMMAND.set(tuple(str(a) for a in argv))
-
-
-def reset_command_line(token) -> None:
-    _COMMAND.reset(token)
-
-
-def command_line() -> list[str]:
-    """The running ecgtool command line (``["ecgtool", ...]``), or [] outside the CLI."""
-    return list(_COMMAND.get())
 
 
 @dataclass

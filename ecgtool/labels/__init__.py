@@ -147,7 +147,6 @@ def run_label(
             from ecgtool.io.shard import shard_batches
 
             batches = shard_batches(batches, shard, column=id_column)
-            out_meta.info["shard"] = f"{shard[0]}/{shard[1]}"
         if dest is None:
             for _ in label_batches(batches, opts, schema, report, jt):
                 pass

@@ -72,7 +72,7 @@ from ecgtool.train import objectives as O
 from ecgtool.train import data as D
 from ecgtool.train.distributed import init_distributed, local_device, shutdown
 from ecgtool.train.loop import Loop, LoopConfig
-from ecgtool.train.schedule import SCHEDULES, lr_multiplier
+from ecgtool.train.schedule import check_schedule, lr_multiplier
 
 log = logging.getLogger("ecgtool")
 
@@ -120,10 +120,7 @@ class FinetuneConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be > 0")
         if self.weight_decay < 0:
             raise UsageError(f"--weight-decay {self.weight_decay}: must be >= 0")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps {self.warmup_steps}: must be >= 0")
+        check_schedule(self.schedule, self.warmup_steps)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise UsageError(f"--betas {self.betas}: two values in [0, 1)")
         if self.batch_size < 1 or self.eval_batch_size < 1:

@@ -10,6 +10,14 @@ from ecgtool.errors import UsageError
 SCHEDULES = ("constant", "cosine")
 
 
+def check_schedule(schedule: str, warmup_steps: int = 0) -> None:
+    """A usage error for an unknown schedule or a negative warm-up."""
+    if schedule not in SCHEDULES:
+        raise UsageError(f"--schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if warmup_steps < 0:
+        raise UsageError(f"--warmup-steps {warmup_steps}: must be >= 0")
+
+
 def lr_multiplier(schedule: str, warmup_steps: int = 0, total_steps: int | None = None,
                   floor: float = 0.0) -> Callable[[int], float]:
     """f(step) -> multiplier of the base learning rate.
@@ -17,10 +25,7 @@ def lr_multiplier(schedule: str, warmup_steps: int = 0, total_steps: int | None 
     ``constant``: 1 after a linear warm-up of ``warmup_steps`` updates.
     ``cosine``: the warm-up, then a half cosine from 1 down to ``floor`` at
     ``total_steps`` (needed), held at ``floor`` after it."""
-    if schedule not in SCHEDULES:
-        raise UsageError(f"--schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if warmup_steps < 0:
-        raise UsageError(f"--warmup-steps {warmup_steps}: must be >= 0")
+    check_schedule(schedule, warmup_steps)
     if schedule == "cosine" and not total_steps:
         raise UsageError("--schedule cosine needs the length of the run", "give --max-steps or --max-epochs")
     warm = int(warmup_steps)
