@@ -378,3 +378,28 @@ def test_help_and_completion_start_up_import_no_array_library():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_command_that_fails_leaves_nothing_on_stdout(tmp_path):
+    """Written to a pipe, a table's header waits for its first batch: a command that fails before producing any
+    row (here predict on a table with no signal column) writes no bytes for the next command to misread; an empty
+    result is still a valid table."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from ecgtool.io import write_table
+
+    bad = tmp_path / "nosignal.parquet"
+    write_table(bad, pa.table({"record_id": ["a", "b"], "fs": [250.0, 250.0], "leads": [["I"], ["I"]]}),
+                TableMeta(kind="records"))
+    r = subprocess.run([sys.executable, "-m", "ecgtool", "predict", str(bad), "-o", "-"], capture_output=True)
+    assert r.returncode == 1 and b"no 'signal' column" in r.stderr
+    assert r.stdout == b""
+    code = ("import sys, pyarrow as pa\nfrom ecgtool.io import TableWriter\nfrom ecgtool.io.schema import TableMeta\n"
+            "with TableWriter('-', pa.schema([('record_id', pa.string())]), TableMeta(kind='records'), fmt='arrow'):\n"
+            "    pass\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert pa.ipc.open_stream(r.stdout).read_all().num_rows == 0

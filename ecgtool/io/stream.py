@@ -598,12 +598,22 @@ class TableWriter:
             with no_interruption():  # the temporary file is recorded before a signal can land
                 self._out = AtomicOutput(self.dest)
             self._fh = self._out.fh
+        self._compression = compression
+        self._w = None
+        self._ready = False
+        if self.dest == "-":
+            return  # stdout: the format's header waits for the first batch (or the close), so that a command
+            # failing before it has produced anything leaves nothing on the pipe
         try:
-            self._open_writer(compression)
+            self._writer()
         except BaseException:  # an error or an interruption here: nobody else holds the file to discard it
-            if self._out is not None:
-                self._out.discard()
+            self._out.discard()
             raise
+
+    def _writer(self) -> None:
+        if not self._ready:
+            self._open_writer(self._compression)
+            self._ready = True
 
     def _open_writer(self, compression) -> None:
         if self.format == "parquet":
@@ -661,6 +671,7 @@ class TableWriter:
                 self._pool = None
 
     def _write_now(self, batch: pa.RecordBatch) -> None:
+        self._writer()
         if self.format == "parquet":
             self._pending.append(batch)
             self._pending_rows += batch.num_rows
@@ -699,6 +710,7 @@ class TableWriter:
 
     def _finish(self) -> None:
         self._drain()
+        self._writer()
         if self.format == "parquet":
             self._flush()
             self._w.close()
