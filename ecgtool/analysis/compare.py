@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from ecgtool.analysis import metrics as mt
 from ecgtool.errors import InputError, UsageError
+from ecgtool.io.schema import TableMeta
 
 log = logging.getLogger("ecgtool")
 
@@ -508,8 +509,8 @@ def from_report(path: str, rep: dict) -> ModelScores:
 
 
 def from_table(path: str, table, meta) -> ModelScores:
-    info = meta.info if meta is not None else {}
-    names = list(info.get("label_names") or [])
+    meta = meta if meta is not None else TableMeta()
+    names = meta.label_names or []
     if not names:
         raise InputError(f"{path}: no label_names in the table's metadata",
                          "give a table written by 'ecgtool predict' (or a probe report)")
@@ -529,8 +530,8 @@ def from_table(path: str, table, meta) -> ModelScores:
         np.add.at(sums, inv.ravel(), P)
         P = (sums / np.bincount(inv.ravel())[:, None])[order]
         ids = uniq[order]
-    task = str(info.get("task") or "multilabel")
-    thr = info.get("thresholds")
+    task = meta.task or "multilabel"
+    thr = meta.thresholds
     if task == "multiclass":
         pred = np.zeros_like(P, dtype=bool)
         pred[np.arange(len(P)), np.nanargmax(np.nan_to_num(P, nan=-1.0), axis=1)] = True
@@ -543,10 +544,10 @@ def from_table(path: str, table, meta) -> ModelScores:
         log.warning("%s: the table carries no thresholds; F1 is not computed for it", path)
         pred = np.zeros_like(P, dtype=bool)
         has = np.zeros(len(names), dtype=bool)
-    return ModelScores(name=str(info.get("model") or _stem(path)), source=path, kind="predictions",
+    return ModelScores(name=meta.model or _stem(path), source=path, kind="predictions",
                        record_ids=ids, labels=names, scores=P, preds=pred, has_pred=has, task=task,
-                       info={"model": info.get("model"), "architecture": info.get("architecture"),
-                             "pretraining_data": info.get("pretraining_data"),
+                       info={"model": meta.model, "architecture": meta.architecture,
+                             "pretraining_data": meta.pretraining_data,
                              "data_sources": _table_sources(table, meta)})
 
 
@@ -614,7 +615,7 @@ def align(models: list[ModelScores], label_table=None, label_meta=None, labels_n
     if only_labels:
         unknown = [n for n in only_labels if n not in common]
         if unknown:
-            raise UsageError(f"--labels {','.join(unknown)}: not predicted by every input",
+            raise UsageError(f"--label-names {','.join(unknown)}: not predicted by every input",
                              f"labels all inputs share: {', '.join(common) or '(none)'}")
         common = list(only_labels)
     if not common:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from ecgtool.io.schema import TableMeta
 
 log = logging.getLogger("ecgtool")
 
@@ -132,18 +135,20 @@ def overlaps(pretraining_data: Iterable[str] | None, sources: Iterable[str]) -> 
     return [{"dataset": ds, "card_text": named[ds]} for ds in sorted(set(sources)) if ds in named]
 
 
-def pretraining_of(info: dict[str, Any] | None) -> tuple[str | None, list[str] | None]:
-    """(model name, pretraining data) from a table's metadata (embeddings or predictions)."""
-    info = info or {}
-    model = info.get("model")
-    emb = info.get("embedding") or {}
-    if isinstance(emb, dict) and emb.get("random_init"):
+def pretraining_of(info: TableMeta | dict[str, Any] | None) -> tuple[str | None, list[str] | None]:
+    """(model name, pretraining data) from a table's metadata (embeddings or predictions): its
+    :class:`~ecgtool.io.schema.TableMeta`, or the fields of one as a dict."""
+    from ecgtool.io.schema import TableMeta
+
+    meta = info if isinstance(info, TableMeta) else TableMeta(info=dict(info or {}))
+    model = meta.model
+    if (meta.embedding or {}).get("random_init"):
         return model, []
-    data = info.get("pretraining_data")
+    data = meta.pretraining_data
     if data is None:
         from ecgtool.models.card import card
 
-        arch = info.get("architecture") or model
+        arch = meta.architecture or model
         c = card(str(arch)) if arch else None
         data = list(c.pretraining_data) if c is not None else None
     return model, (list(data) if data is not None else None)

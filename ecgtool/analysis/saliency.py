@@ -132,11 +132,7 @@ def saliency_table(
     model.eval().to(device)
     c = model.contract
     width = max(1, int(round(0.04 * c.fs)))
-    schema = pa.schema([
-        pa.field(S.RECORD_ID, pa.string()), pa.field(S.FS, pa.float64()), pa.field(S.LEADS, pa.list_(pa.string())),
-        pa.field("label", pa.string()), pa.field("probability", pa.float32()), pa.field("method", pa.string()),
-        pa.field(S.SIGNAL, S.signal_type()), pa.field("saliency", S.signal_type()),
-    ])
+    schema = pa.schema(S.saliency_fields())
     meta = reader.meta.derive(kind="saliency", model=model_name(model), method=method,
                               contract=c.to_dict()).add_step(argv)
     writer = TableWriter(dest, schema, meta, fmt=fmt, errors=errors)
@@ -165,8 +161,8 @@ def saliency_table(
             if names is not None:
                 k = int(vals["k"][0])
                 lab, prob = names[k], float(np.mean(vals["p"]))
-            out.append({S.RECORD_ID: rid, S.FS: c.fs, S.LEADS: list(c.leads), "label": lab,
-                        "probability": prob, "method": method, S.SIGNAL: sig, "saliency": sal})
+            out.append({S.RECORD_ID: rid, S.FS: c.fs, S.LEADS: list(c.leads), S.LABEL: lab,
+                        S.PROBABILITY: prob, S.METHOD: method, S.SIGNAL: sig, S.SALIENCY: sal})
             if png is not None:
                 plot_saliency(sig, sal, c.fs, list(c.leads), png / f"{_safe(rid)}.png",
                               title=f"{rid}: {lab} (p = {prob:.2f})" if lab else f"{rid}",
@@ -174,7 +170,7 @@ def saliency_table(
                               units=units)
         if out:
             batch = pa.RecordBatch.from_pydict({
-                k: (S.signals_to_arrow([r[k] for r in out]) if k in (S.SIGNAL, "saliency")
+                k: (S.signals_to_arrow([r[k] for r in out]) if k in (S.SIGNAL, S.SALIENCY)
                     else pa.array([r[k] for r in out], type=schema.field(k).type)) for k in schema.names})
             writer.write(batch)
             rows += batch.num_rows

@@ -67,16 +67,8 @@ SIGNAL_EXTENSIONS = {".dat", ".mat", ".d0", ".d1", ".d2", ".d3", ".d4", ".d5", "
 # reported (one line saying why) rather than passed over by a folder scan.
 NAMED_EXTENSIONS = {".xml", ".dcm", ".scp", ".edf", ".bdf", ".rec", ".mwf", ".mfer", ".mfr", ".hdf5", ".h5"}
 
-# Metadata columns beyond convert's base schema, by the format whose reader fills them (Arrow type names).
-META_TYPES = {
-    "patient_id": "string",
-    "study_id": "string",
-    "device": "string",
-    "classification": "string",
-    "symptoms": "string",
-    "annotations": "list<string>",
-    "q_out_of_range": "int64",
-}
+# Metadata columns beyond convert's base schema, by the format whose reader fills them (their types and
+# order: ecgtool.io.schema.COLUMNS and FORMAT_METADATA).
 FORMAT_META = {
     "muse": ["patient_id", "device"],
     "scp": ["patient_id", "device"],
@@ -115,6 +107,14 @@ class RawRecord:
 def record_name(path: str | os.PathLike) -> str:
     p = Path(path)
     return p.stem if p.suffix else p.name
+
+
+def file_bytes(path: Path, name: str) -> bytes:
+    """The whole of the file ``path``; one that cannot be read is a :class:`RecordError` of record ``name``."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
 
 
 HEAD_BYTES = 512

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgtool.errors import RecordError
-from ecgtool.formats import RawRecord
+from ecgtool.formats import RawRecord, file_bytes
 
 HEADER, FOOTER, FRAME = 43, 37, 16
 FS = 800.0
@@ -32,10 +32,7 @@ STORED = ("II", "III", "V1", "V2", "V3", "V4", "V5", "V6")
 def read_contec(path: str, **_options) -> list[RawRecord]:
     p = Path(path)
     name = p.stem
-    try:
-        buf = p.read_bytes()
-    except OSError as exc:
-        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
+    buf = file_bytes(p, name)
     body = len(buf) - HEADER - FOOTER
     if body <= 0 or body % FRAME:
         raise RecordError(name, f"Contec ECG90A: {len(buf)} bytes is not a 43-byte header, whole 16-byte frames "

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgtool.errors import RecordError
-from ecgtool.formats import RawRecord
+from ecgtool.formats import RawRecord, file_bytes
 from ecgtool.formats.channels import Channel, to_records
 
 PRE, BLE, VER, TXC, BLK, CHN, SEQ, PNT, WFM, LDN, DTP, IVL, SEN, OFF = (
@@ -268,10 +268,7 @@ def _lead_name(a: Attrs, c: int) -> str:
 def read_mfer(path: str, all_channels: bool = False, fs: float | None = None, **_options) -> list[RawRecord]:
     p = Path(path)
     name = p.stem
-    try:
-        buf = p.read_bytes()
-    except OSError as exc:
-        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
+    buf = file_bytes(p, name)
     if not buf:
         raise RecordError(name, "empty file (0 bytes)")
     f = _walk(buf, name)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgtool.errors import RecordError
-from ecgtool.formats import RawRecord
+from ecgtool.formats import RawRecord, file_bytes
 
 # SCP-ECG lead codes (section 3; MFER uses the same numbering for ECG leads)
 LEAD_CODES = {
@@ -432,10 +432,7 @@ def statements(scp: ScpFile) -> list[str]:
 def read_scp(path: str, **_options) -> list[RawRecord]:
     p = Path(path)
     name = p.stem
-    try:
-        buf = p.read_bytes()
-    except OSError as exc:
-        raise RecordError(name, f"cannot read: {exc.strerror or exc}") from None
+    buf = file_bytes(p, name)
     scp = parse(buf, name)
     fs, names, signals = rhythm(scp)
     meta = header_meta(scp)

@@ -13,6 +13,9 @@ pandas unless it reads a CSV.
 * :func:`offsets`: the offsets of a list array (its slice offset applied).
 * :func:`from_numpy`, :func:`indices`, :func:`strings`, :func:`string_lists`,
   :func:`column`: Arrow arrays built from numpy or Python values.
+* :func:`float_matrix` (with :func:`float_values`): an embedding column as an
+  (n, d) float32 matrix. These two go through pyarrow's own ``to_numpy``
+  (the embedding readers of ``probe`` and ``index`` use them).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from ecgtool.errors import InputError
 
 _EPOCH = dt.datetime(1970, 1, 1)
 
@@ -182,3 +187,47 @@ def column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
         arr = np.array([_micros(v) if v is not None else 0 for v in values], dtype=np.int64)
         return from_numpy(arr, type_, ok)
     return pa.array(values, type=type_)
+
+
+def float_values(values: pa.Array) -> np.ndarray:
+    """A flat float array as float32 numpy; nulls become NaN (pyarrow's ``to_numpy``)."""
+    import pyarrow.compute as pc
+
+    if values.null_count:
+        values = pc.fill_null(values.cast(pa.float32()), float("nan"))
+    out = values.to_numpy(zero_copy_only=False)
+    return out.astype(np.float32, copy=False)
+
+
+def float_matrix(col: pa.ChunkedArray | pa.Array, name: str, hint: str) -> np.ndarray:
+    """(n, d) float32 from a fixed-size list column, or a plain list column whose rows share one length d.
+
+    Null rows are NaN. Valid rows of different lengths are an :class:`~ecgtool.errors.InputError` naming
+    ``name``; so is a column that is not a list (with ``hint``, which says what the column should be).
+    """
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    typ = arr.type
+    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    if pa.types.is_fixed_size_list(typ):
+        d = typ.list_size
+        vals = arr.values.slice(arr.offset * d, n * d)
+        out = float_values(vals).reshape(n, d)
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        lens = np.unique(lengths[valid]) if valid.any() else np.array([0])
+        if lens.size > 1:
+            raise InputError(f"{name}: embeddings differ in length ({', '.join(map(str, lens[:5]))} values)",
+                             "every row of an embedding table needs the same dimension")
+        d = int(lens[0])
+        flat = float_values(arr.flatten())
+        out = np.full((n, d), np.nan, dtype=np.float32)
+        out[valid & (lengths == d)] = flat.reshape(-1, d)
+    else:
+        raise InputError(f"{name}: column type {typ} is not a list of floats", hint)
+    if not valid.all():
+        out = out.copy()
+        out[~valid] = np.nan
+    return out

@@ -11,6 +11,13 @@ See docs/format.md for the contract in words. In short:
   an ``(N, L, T)`` numpy array without copying;
 * the schema metadata key ``ecgtool`` holds a JSON object: format version,
   kind, processing history and kind-specific fields.
+
+This module is the one home of the format: :data:`COLUMNS` registers every column a command
+writes (name, Arrow type, the kinds that have it, where it is required, meaning), and the
+builders (:func:`records_fields`, :func:`segments_fields`, :func:`embeddings_fields`,
+:func:`predictions_fields`, :func:`labels_fields`, :func:`saliency_fields`) make the commands'
+output fields from it; :mod:`ecgtool.io.metadata` registers the metadata keys, read through
+:class:`TableMeta`'s typed accessors. tests/test_format_doc.py checks docs/format.md against both.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import datetime as _dt
 import json
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +35,17 @@ from ecgtool import __version__
 from ecgtool.provenance import command_line
 from ecgtool.errors import InputError
 from ecgtool.io import arrays as A
+from ecgtool.io.metadata import (  # noqa: F401  (the metadata registry, re-exported)
+    ALL_KINDS,
+    CORE_KEYS,
+    KINDS,
+    META_KEY_NAMES,
+    META_KEYS,
+    RESULT_KINDS,
+    MetaFields,
+    MetaKey,
+    check_info,
+)
 
 FORMAT_VERSION = "1.0"
 META_KEY = b"ecgtool"
@@ -41,8 +59,21 @@ PATIENT_ID = "patient_id"
 SOURCE = "source"
 LEAD_MASK = "lead_mask"
 EMBEDDING = "embedding"
-
-KINDS = ("records", "segments", "embeddings", "predictions", "labels", "saliency")
+UNITS = "units"
+LOCAL = "local"
+FINDINGS = "findings"
+PREDICTION_SET = "prediction_set"
+UNCERTAIN = "uncertain"
+LABEL = "label"
+PROBABILITY = "probability"
+METHOD = "method"
+SALIENCY = "saliency"
+QUALITY_COLUMNS = ("q_nan", "q_flat_leads", "q_clipping", "q_amplitude")
+# the metadata columns every converted table has, and those only some formats fill (in this order)
+CONVERT_METADATA = (SOURCE, UNITS, "age", "sex", "dx", "diagnosis", "base_datetime")
+FORMAT_METADATA = (PATIENT_ID, "study_id", "device", "classification", "symptoms", "annotations", "q_out_of_range")
+WEIGHT_SUFFIX = "__w"
+DECISION_SUFFIX = "__decision"
 
 
 @dataclass
@@ -63,8 +94,12 @@ class Preprocessing:
 
 
 @dataclass
-class TableMeta:
-    """What a table is and where it came from (stored in the schema metadata)."""
+class TableMeta(MetaFields):
+    """What a table is and where it came from (stored in the schema metadata).
+
+    The registered keys of ``info`` read as typed attributes (``meta.label_names``, ``meta.model``,
+    ``meta.thresholds``, ... :mod:`ecgtool.io.metadata`); they are set with :meth:`derive` or
+    :meth:`create`, which check them against the registry."""
 
     kind: str = "records"
     history: list[dict] = field(default_factory=list)
@@ -113,20 +148,27 @@ class TableMeta:
     @property
     def preprocessing(self) -> Preprocessing | None:
         """The typed record of ``ecgtool preprocess`` (None: the table holds records as converted)."""
-        pre = self.info.get("preprocess")
-        if not isinstance(pre, dict):
+        pre = self.preprocess
+        if pre is None:
             return None
-        leads = self.info.get("leads")
-        n = self.info.get("n_samples")
-        return Preprocessing(normalisation=str(self.info.get("normalisation", pre.get("normalisation", "none"))),
-                             fs=self.info.get("fs", pre.get("fs")), leads=tuple(leads) if leads else None,
-                             n_samples=int(n) if n else None, preset=pre.get("preset"), settings=dict(pre))
+        leads, n = self.leads, self.n_samples
+        return Preprocessing(normalisation=self.normalisation or str(pre.get("normalisation", "none")),
+                             fs=self.fs if self.fs is not None else pre.get("fs"),
+                             leads=tuple(leads) if leads else None, n_samples=n or None,
+                             preset=pre.get("preset"), settings=pre)
 
     def derive(self, kind: str | None = None, **info: Any) -> "TableMeta":
-        """A copy for a command's output: same history, new kind/info fields."""
-        new_info = dict(self.info)
-        new_info.update(info)
-        return TableMeta(kind=kind or self.kind, history=list(self.history), info=new_info)
+        """A copy for a command's output: same history and fields, the new kind, and the fields of
+        ``info`` (registered keys of that kind, :func:`check_info`) set."""
+        kind = kind or self.kind
+        check_info(kind, info)
+        return TableMeta(kind=kind, history=list(self.history), info={**self.info, **info})
+
+    @classmethod
+    def create(cls, kind: str, **info: Any) -> "TableMeta":
+        """A new table's metadata (no history yet), its fields checked as :meth:`derive` does."""
+        check_info(kind, info)
+        return cls(kind=kind, info=dict(info))
 
     def add_step(self, argv: Sequence[str] | None = None) -> "TableMeta":
         """Append this command (like samtools' @PG lines) to the history: ``argv``, or the command line
@@ -161,6 +203,198 @@ def check_version(version: str, source: str = "input") -> None:
             f"{source}: table format {version} is newer than this ecgtool understands ({FORMAT_VERSION})",
             "upgrade ecgtool to read it",
         )
+
+
+# --------------------------------------------------------------------------- the columns
+
+
+@dataclass(frozen=True)
+class Column:
+    """One registered column: its Arrow type as docs/format.md writes it (``text``; capitals L, T, D
+    stand for sizes) and as Arrow builds it (``arrow``: a type, or a function of those sizes), the
+    kinds of table that have it, those where it is ``required``, and its meaning."""
+
+    name: str
+    text: str
+    arrow: pa.DataType | Callable[..., pa.DataType]
+    kinds: tuple[str, ...]
+    required: tuple[str, ...]
+    meaning: str
+
+    def type(self, **sizes: int | None) -> pa.DataType:
+        return self.arrow(**sizes) if callable(self.arrow) else self.arrow
+
+    def field(self, name: str | None = None, **sizes: int | None) -> pa.Field:
+        """The column's field (``name``: the concrete name of a per-label column such as ``<label>``)."""
+        return pa.field(name or self.name, self.type(**sizes))
+
+    def accepts(self, type_: pa.DataType) -> bool:
+        """Whether ``type_`` is one this column is written with (any sizes)."""
+        return type_matches(self.text, type_)
+
+
+_SIGNAL_TYPE = "list<list<float32>> or fixed_size_list<fixed_size_list<float32, T>, L>"
+_SIGNALS = ("records", "segments")
+_CARRIED = ("records", "segments", "embeddings", "predictions")  # input columns a per-record output keeps
+_RAW = ("records", "segments", "embeddings", "predictions", "saliency")
+
+
+def _col(name, text, arrow, kinds, required, meaning) -> Column:
+    return Column(name, text, arrow, tuple(kinds), tuple(kinds if required is True else required or ()), meaning)
+
+
+_STR, _F64, _I32, _STRS = pa.string(), pa.float64(), pa.int32(), pa.list_(pa.string())
+COLUMNS: tuple[Column, ...] = (
+    _col(RECORD_ID, "string", _STR, KINDS, True, "identifies the source ECG; unique in a records table, "
+         "with `segment` in a segments table"),
+    _col(SEGMENT, "int32", _I32, ("records", "segments", "embeddings", "predictions"), ("segments",),
+         "window index within the record (0, 1, ...): from `preprocess --segment` (kept when such a table "
+         "is preprocessed again), and in embeddings and predictions with `--pool none` / `--aggregate none`"),
+    _col(FS, "float64", _F64, _RAW, _SIGNALS + ("saliency",), "sampling rate in Hz (saliency: the model's)"),
+    _col(LEADS, "list<string>", _STRS, _RAW, _SIGNALS + ("saliency",),
+         "lead names in the order of the signal rows, canonical spelling"),
+    _col(SIGNAL, _SIGNAL_TYPE, lambda L=None, T=None: signal_type(L, T), _SIGNALS + ("saliency",), True,
+         "the samples, lead-major (see below)"),
+    _col(LEAD_MASK, "fixed_size_list<bool, L> or list<bool>",
+         lambda L=None: pa.list_(pa.bool_(), L) if L else pa.list_(pa.bool_()), _CARRIED, (),
+         "after `preprocess` with chosen leads: false where a lead was absent and zero-filled"),
+    _col("q_nan", "int32", _I32, _CARRIED, (), "after `preprocess`: NaN samples"),
+    _col("q_flat_leads", "int32", _I32, _CARRIED, (), "after `preprocess`: flat leads (range below 0.01 mV)"),
+    _col("q_clipping", "int32", _I32, _CARRIED, (), "after `preprocess`: leads that hit a rail"),
+    _col("q_amplitude", "int32", _I32, _CARRIED, (), "after `preprocess`: leads whose range exceeds 15 mV"),
+    _col(SOURCE, "string", _STR, _CARRIED, (), "the file the record was read from"),
+    _col(UNITS, "list<string>", _STRS, _CARRIED, (), "each lead's unit as the source states it"),
+    _col("age", "float64", _F64, _CARRIED, (), "age in years"),
+    _col("sex", "string", _STR, _CARRIED, (), "`M` or `F` whatever the source"),
+    _col("dx", "list<string>", _STRS, _CARRIED, (), "SNOMED CT codes (a WFDB header's `# Dx:`)"),
+    _col("diagnosis", "string", _STR, _CARRIED, (), "the source's diagnosis statements"),
+    _col("base_datetime", "timestamp[us]", pa.timestamp("us"), _CARRIED, (), "when the recording started"),
+    _col(PATIENT_ID, "string", _STR, _CARRIED + ("labels",), (),
+         "text without a trailing `.0`; needed for patient-grouped splits and CMSC"),
+    _col("study_id", "string", _STR, _CARRIED, (), "the archive's study or exam id (MIMIC-IV-ECG, CODE-15)"),
+    _col("device", "string", _STR, _CARRIED, (), "the recording device"),
+    _col("classification", "string", _STR, _CARRIED, (), "Apple Watch's own classification"),
+    _col("symptoms", "string", _STR, _CARRIED, (), "symptoms noted with an Apple Watch ECG"),
+    _col("annotations", "list<string>", _STRS, _CARRIED, (), "EDF+ annotations (`+ONSET TEXT`)"),
+    _col("q_out_of_range", "int64", pa.int64(), _CARRIED, (), "EDF samples outside the declared physical range"),
+    _col(EMBEDDING, "fixed_size_list<float32, D>", lambda D: pa.list_(pa.float32(), D), ("embeddings",), True,
+         "one vector per row"),
+    _col(LOCAL, "list<fixed_size_list<float32, D>>", lambda D: pa.list_(pa.list_(pa.float32(), D)),
+         ("embeddings",), (), "`--local`: the per-frame features, in time order"),
+    _col("<label>", "float32", pa.float32(), ("predictions",), True,
+         "one per name of `label_names`: the label's probability"),
+    _col(FINDINGS, "list<string>", _STRS, ("predictions",), True,
+         "the labels at or above their threshold, most probable first"),
+    _col(PREDICTION_SET, "list<string>", _STRS, ("predictions",), (),
+         "a conformally calibrated multi-class model: the classes of the conformal set"),
+    _col("<label>" + DECISION_SUFFIX, "string", _STR, ("predictions",), (),
+         "a conformally calibrated multi-label model: positive, negative or abstain (null: not calibrated)"),
+    _col(UNCERTAIN, "list<string>", _STRS, ("predictions",), (),
+         "a conformally calibrated multi-label model: the labels it abstains on"),
+    _col("<label>", "int8", pa.int8(), ("labels",), True,
+         "one per name of `label_names`: 1, 0, or null (nothing known about the record)"),
+    _col("<label>" + WEIGHT_SUFFIX, "float32", pa.float32(), ("labels",), (),
+         "`--weights`: the label's likelihood weight"),
+    _col(LABEL, "string", _STR, ("saliency",), True, "the label explained (null: a model without a head)"),
+    _col(PROBABILITY, "float32", pa.float32(), ("saliency",), True, "its probability"),
+    _col(METHOD, "string", _STR, ("saliency",), True, "`attention` or `gradient`"),
+    _col(SALIENCY, "list<list<float32>>", lambda: signal_type(), ("saliency",), True,
+         "per lead, the saliency of each sample of `signal`, 0 to 1"),
+)
+PASSTHROUGH_KINDS = ("records", "segments", "embeddings", "predictions", "labels")
+
+
+def column_spec(name: str, kind: str, label_names: Sequence[str] = ()) -> Column | None:
+    """The registered column ``name`` of a ``kind`` table (a per-label column through ``label_names``)."""
+    for c in COLUMNS:
+        if kind not in c.kinds:
+            continue
+        if c.name == name:
+            return c
+        if c.name.startswith("<label>") and any(name == n + c.name[len("<label>"):] for n in label_names):
+            return c
+    return None
+
+
+def column(name: str, kind: str | None = None, **sizes: int | None) -> pa.Field:
+    """The registered field ``name`` (``kind`` tells apart ``<label>`` columns of two kinds)."""
+    for c in COLUMNS:
+        if c.name == name and (kind is None or kind in c.kinds):
+            return c.field(**sizes)
+    raise KeyError(f"no registered column {name!r}" + (f" in {kind} tables" if kind else ""))
+
+
+def _per_label(pattern: str, kind: str, names: Iterable[str]) -> list[pa.Field]:
+    spec = next(c for c in COLUMNS if c.name == pattern and kind in c.kinds)
+    return [spec.field(pattern.replace("<label>", n)) for n in names]
+
+
+def records_fields(extra: Iterable[str] = ()) -> list[pa.Field]:
+    """What ``convert`` writes: record id, rate, leads, the (ragged) signal, :data:`CONVERT_METADATA`,
+    and those of :data:`FORMAT_METADATA` named in ``extra`` (in that order)."""
+    extra = set(extra)
+    return [column(n) for n in (RECORD_ID, FS, LEADS, SIGNAL, *CONVERT_METADATA)] + \
+        [column(n) for n in FORMAT_METADATA if n in extra]
+
+
+def segments_fields(n_leads: int | None, n_samples: int | None, segment: bool | pa.Field = False,
+                    lead_mask: bool | pa.Field = False) -> list[pa.Field]:
+    """What ``preprocess`` writes before the input's other columns (a segments table, or records
+    when it cuts no windows): ``segment`` and ``lead_mask`` are left out (False), made (True) or
+    the input's field (kept)."""
+    def own(name, given, **sizes):
+        return [] if given is False else [column(name, **sizes) if given is True else given]
+
+    return ([column(RECORD_ID)] + own(SEGMENT, segment) + [column(FS), column(LEADS)]
+            + [column(SIGNAL, L=n_leads, T=n_samples)] + own(LEAD_MASK, lead_mask, L=n_leads)
+            + [column(c) for c in QUALITY_COLUMNS])
+
+
+def embeddings_fields(dim: int, local: bool = False) -> list[pa.Field]:
+    """The columns ``embed`` adds to the input's (``segment`` too with ``--pool none``)."""
+    return [column(EMBEDDING, D=dim)] + ([column(LOCAL, D=dim)] if local else [])
+
+
+def predictions_fields(label_names: Sequence[str], conformal_task: str | None = None) -> list[pa.Field]:
+    """The columns ``predict`` adds: a probability per label, ``findings``, and with a conformal
+    calibration (``conformal_task``: the model's task) the conformal set or the decisions."""
+    fields = _per_label("<label>", "predictions", label_names) + [column(FINDINGS)]
+    if conformal_task == "multiclass":
+        fields.append(column(PREDICTION_SET))
+    elif conformal_task is not None:
+        fields += _per_label("<label>" + DECISION_SUFFIX, "predictions", label_names) + [column(UNCERTAIN)]
+    return fields
+
+
+def labels_fields(label_names: Sequence[str], keep: Sequence[pa.Field] = (), weights: bool = False) -> list[pa.Field]:
+    """What ``label`` writes: record id, the ``keep`` columns (patient id, split), a value per label,
+    and with ``weights`` a weight per label."""
+    return ([column(RECORD_ID), *keep] + _per_label("<label>", "labels", label_names)
+            + (_per_label("<label>" + WEIGHT_SUFFIX, "labels", label_names) if weights else []))
+
+
+def saliency_fields() -> list[pa.Field]:
+    """What ``saliency`` writes."""
+    return [column(n) for n in (RECORD_ID, FS, LEADS, LABEL, PROBABILITY, METHOD, SIGNAL, SALIENCY)]
+
+
+def type_text(type_: pa.DataType) -> str:
+    """An Arrow type written as docs/format.md writes types (``list<string>``, ``fixed_size_list<float32, 12>``)."""
+    if pa.types.is_fixed_size_list(type_):
+        return f"fixed_size_list<{type_text(type_.value_type)}, {type_.list_size}>"
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return f"list<{type_text(type_.value_type)}>"
+    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(type_), str(type_))
+
+
+def type_matches(text: str, type_: pa.DataType) -> bool:
+    """Whether ``type_`` is one of the types ``text`` names (alternatives joined by `` or ``; a capital
+    letter stands for any size)."""
+    import re
+
+    written = type_text(type_)
+    return any(re.fullmatch(re.sub(r"\b[A-Z]\b", r"\\d+", re.escape(alt.strip())), written)
+               for alt in text.split(" or "))
 
 
 # --------------------------------------------------------------------------- signal column

@@ -11,16 +11,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from ecgtool.labels.core import (  # noqa: F401
+from ecgtool.io.join import JoinTable  # noqa: F401  (label --join: the same rule as convert --join)
+from ecgtool.labels.labeler import (  # noqa: F401
     Findings,
-    JoinTable,
     LabelOptions,
     RecordLabeler,
-    Report,
     SourceColumns,
     default_vocabulary_for,
     label_batches,
     output_schema,
+)
+from ecgtool.labels.report import (  # noqa: F401
+    Report,
     pos_weight,
     report_rows,
     write_report,
@@ -68,7 +70,7 @@ def run_label(
     """
     from ecgtool.errors import UsageError
     from ecgtool.io import TableWriter
-    from ecgtool.labels.core import InputTable
+    from ecgtool.labels.labeler import InputTable
 
     jt = JoinTable(join, join_on) if join else None
     inp = InputTable(src, batch_size)

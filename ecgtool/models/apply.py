@@ -160,7 +160,7 @@ class _Output:
         fields = list(keep)
         if pool == "none":
             fields = [f for f in fields if f.name != S.SEGMENT]
-            fields.insert(1 if fields and fields[0].name == S.RECORD_ID else 0, pa.field(S.SEGMENT, pa.int32()))
+            fields.insert(1 if fields and fields[0].name == S.RECORD_ID else 0, S.column(S.SEGMENT))
         self.keep = [f.name for f in keep if not (pool == "none" and f.name == S.SEGMENT)]
         self.schema = pa.schema(fields + new_fields)
         self.writer = TableWriter(dest, self.schema, meta, fmt=fmt, errors=errors)
@@ -263,11 +263,9 @@ def embed_table(
         feats = model.features(x, layer=layer)
         return (model.pool(feats), feats) if local else model.pool(feats)
 
-    fn.names = ["embedding", "local"] if local else ["embedding"]
+    fn.names = [S.EMBEDDING, S.LOCAL] if local else [S.EMBEDDING]
     dim = _embedding_dim(model, layer)
-    new = [pa.field(S.EMBEDDING, pa.list_(pa.float32(), dim))]
-    if local:
-        new.append(pa.field("local", pa.list_(pa.list_(pa.float32(), dim))))
+    new = S.embeddings_fields(dim, local)
     wi = weights_info(model)
     emb_info = {"dim": dim, "pool": pool, "layer": layer, "local": local, "precision": runner.precision}
     if "random_init" in wi:
@@ -279,14 +277,14 @@ def embed_table(
 
     def finish(flat, groups):
         if flat is not None:
-            cols = {S.EMBEDDING: vector_column(flat["embedding"])}
+            cols = {S.EMBEDDING: vector_column(flat[S.EMBEDDING])}
             if local:
-                cols["local"] = frames_column(list(flat["local"]))
+                cols[S.LOCAL] = frames_column(list(flat[S.LOCAL]))
             return cols
         cols = {S.EMBEDDING: vector_column(np.stack([pool_windows(np.concatenate(g), pool)
-                                                     for g in groups["embedding"]]))}
+                                                     for g in groups[S.EMBEDDING]]))}
         if local:
-            cols["local"] = frames_column([np.concatenate(g).reshape(-1, g[0].shape[-1]) for g in groups["local"]])
+            cols[S.LOCAL] = frames_column([np.concatenate(g).reshape(-1, g[0].shape[-1]) for g in groups[S.LOCAL]])
         return cols
 
     return _run(reader, model, adapter, runner, out, fn, finish, batches, RunStats())
@@ -310,7 +308,7 @@ def label_settings(model: torch.nn.Module) -> tuple[list[str], np.ndarray, float
     if names is None and n_head:
         names = [f"label_{k}" for k in range(n_head)]
         log.warning("the checkpoint carries no label names; calling its %d outputs label_0..label_%d "
-                    "(name them with 'ecgtool models import --labels')", n_head, n_head - 1)
+                    "(name them with 'ecgtool models import --label-names')", n_head, n_head - 1)
     if names is None:
         raise UsageError("the model has no classifier head (no label names)",
                          "use 'ecgtool embed' for embeddings, or a finetuned checkpoint for predictions")
@@ -389,13 +387,7 @@ def predict_table(
             cols.update(conformal_columns(p, names, task, conformal))
         return cols
 
-    new = [pa.field(n, pa.float32()) for n in names] + [pa.field("findings", pa.list_(pa.string()))]
-    if conformal is not None:
-        if task == "multiclass":
-            new.append(pa.field("prediction_set", pa.list_(pa.string())))
-        else:
-            new += [pa.field(f"{n}__decision", pa.string()) for n in names]
-            new.append(pa.field("uncertain", pa.list_(pa.string())))
+    new = S.predictions_fields(names, task if conformal is not None else None)
     wi = weights_info(model)
     extra_info = {"conformal": conformal} if conformal is not None else {}
     if crops:
@@ -422,7 +414,7 @@ def prediction_columns(p: np.ndarray, names: list[str], thresholds: np.ndarray, 
             continue
         hit = np.flatnonzero(row >= thresholds)
         findings.append([names[k] for k in hit[np.argsort(-row[hit])]])
-    cols["findings"] = A.string_lists(findings)
+    cols[S.FINDINGS] = A.string_lists(findings)
     return cols
 
 
@@ -433,12 +425,12 @@ def conformal_columns(p: np.ndarray, names: list[str], task: str, conformal: dic
     if task == "multiclass":
         sets = cf.aps_sets(p, conformal)
         order = np.argsort(-p, axis=1, kind="stable")
-        return {"prediction_set": A.string_lists([[names[k] for k in row if s[k]] for row, s in zip(order, sets)])}
+        return {S.PREDICTION_SET: A.string_lists([[names[k] for k in row if s[k]] for row, s in zip(order, sets)])}
     d, ok = cf.label_decisions(p, conformal, names)
     cols = {}
     for j, n in enumerate(names):
         vals = [cf.DECISIONS[int(v)] if ok[j] else None for v in d[:, j]]
-        cols[f"{n}__decision"] = A.strings(vals)
+        cols[n + S.DECISION_SUFFIX] = A.strings(vals)
     unc = [[names[j] for j in np.flatnonzero((row == cf.ABSTAIN) & ok)] for row in d]
-    cols["uncertain"] = A.string_lists(unc)
+    cols[S.UNCERTAIN] = A.string_lists(unc)
     return cols

@@ -44,7 +44,7 @@ from ecgtool.errors import CheckpointError
 from ecgtool.models.base import ATTENTION, WAV2VEC2_PRETRAINING, EcgModel
 from ecgtool.models.card import card
 from ecgtool.models.contract import InputContract
-from ecgtool.models.registry import register_family, register_importer, register_model
+from ecgtool.models.registry import refuse_overrides, register_family, register_importer, register_model
 from ecgtool.models.serial import provenance, safe_load
 
 FAMILY = "ecgfm"
@@ -957,9 +957,7 @@ def _sniff(info) -> bool:
 @register_importer(IMPORTER, _sniff, "fairseq-signals ECG-FM .pt (mimic_iv_ecg_physionet_pretrained.pt, mimic_iv_ecg_finetuned.pt)")
 def import_fairseq(path, **overrides) -> tuple[EcgFm, list[str]]:
     """Read a released ECG-FM checkpoint; returns (model, report lines)."""
-    if overrides:
-        raise CheckpointError(f"{path}: fairseq-signals files store their whole architecture in cfg['model']; "
-                              f"nothing to set ({', '.join(overrides)})")
+    refuse_overrides(path, overrides, "fairseq-signals files", " in cfg['model']")
     model = load_fairseq_checkpoint(path)
     prov, cfg = model.extra["provenance"], model.config
     lines = [f"read {path} (fairseq-signals, sha256 {prov.get('sha256', '?')})",

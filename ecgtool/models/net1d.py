@@ -34,7 +34,7 @@ from ecgtool.errors import CheckpointError
 from ecgtool.models.base import EcgModel
 from ecgtool.models.card import card
 from ecgtool.models.contract import InputContract
-from ecgtool.models.registry import register_family, register_importer, register_model
+from ecgtool.models.registry import refuse_overrides, register_family, register_importer, register_model
 from ecgtool.models.serial import match_state_dict, provenance, safe_load
 
 FAMILY = "net1d"
@@ -407,9 +407,7 @@ def import_ecgfounder(path, **overrides) -> tuple[Net1D, list[str]]:
     """Load a released ECGFounder ``.pth`` (or a bare Net1D state dict) into a :class:`Net1D`."""
     from pathlib import Path
 
-    if overrides:
-        raise CheckpointError(f"{path}: ECGFounder files store their whole architecture; "
-                              f"nothing to set ({', '.join(overrides)})")
+    refuse_overrides(path, overrides, "ECGFounder files")
     path = Path(path)
     source = str(path)
     sd, top = extract_state_dict(safe_load(path), source)

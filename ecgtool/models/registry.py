@@ -100,6 +100,14 @@ def register_importer(name: str, sniff: Callable[[Any], bool], description: str 
     return deco
 
 
+def refuse_overrides(path, overrides: dict[str, Any], files: str, where: str = "") -> None:
+    """An importer's check that it was given no architecture settings: ``files`` (e.g. "ECGFounder
+    files") store their whole architecture (``where``: e.g. " in cfg['model']"), so any is refused."""
+    if overrides:
+        raise CheckpointError(f"{path}: {files} store their whole architecture{where}; "
+                              f"nothing to set ({', '.join(overrides)})")
+
+
 def _import_family(family: str) -> None:
     fam = family_cards().get(family)
     if fam is None:

@@ -318,8 +318,8 @@ def compare(query_reader, index: Index, dest: str, *, index_name: str, src_name:
             fields.append(pa.field("png", pa.string()))
         schema = pa.schema(fields)
         table = pa.Table.from_pylist(table_rows, schema=schema)
-        meta = TableMeta(kind="comparison", info={"index": index_name, "model": index.model,
-                                                  "metric": index.metric, "label_names": label_names}).add_step(argv)
+        meta = TableMeta.create("comparison", index=index_name, model=index.model, metric=index.metric,
+                                label_names=label_names).add_step(argv)
         with TableWriter(dest, schema, meta, fmt=fmt) as w:
             w.write(table)
     return stats

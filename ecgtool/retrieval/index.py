@@ -105,37 +105,10 @@ def row_keys(meta) -> list[str]:
 
 def embedding_matrix(col, name: str = "embeddings") -> np.ndarray:
     """(n, d) float32 from an embedding column (fixed-size or plain lists of one length); null rows NaN."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from ecgtool.io.arrays import float_matrix
 
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n, t = len(arr), arr.type
-    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
-
-    def floats(values) -> np.ndarray:
-        if values.null_count:
-            values = pc.fill_null(values.cast(pa.float32()), float("nan"))
-        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
-
-    if pa.types.is_fixed_size_list(t):
-        d = t.list_size
-        out = floats(arr.values.slice(arr.offset * d, n * d)).reshape(n, d)
-    elif pa.types.is_list(t) or pa.types.is_large_list(t):
-        lengths = np.asarray(pc.list_value_length(arr).to_numpy(zero_copy_only=False))
-        lens = np.unique(lengths[valid]) if valid.any() else np.array([0])
-        if lens.size > 1:
-            raise InputError(f"{name}: embeddings differ in length ({', '.join(map(str, lens[:5]))} values)",
-                             "every row of an embedding table needs the same dimension")
-        d = int(lens[0])
-        out = np.full((n, d), np.nan, dtype=np.float32)
-        out[valid] = floats(arr.flatten()).reshape(-1, d)
-    else:
-        raise InputError(f"{name}: column type {t} is not a list of floats",
-                         "the embedding column must be fixed_size_list<float32, D> (as 'ecgtool embed' writes)")
-    if not valid.all():
-        out = out.copy()
-        out[~valid] = np.nan
-    return out
+    return float_matrix(col, name,
+                        "the embedding column must be fixed_size_list<float32, D> (as 'ecgtool embed' writes)")
 
 
 def embedding_batches(reader, name: str) -> Iterable[EmbeddingBatch]:
@@ -415,7 +388,7 @@ def _now() -> str:
 
 def _source_entry(reader, path: str, rows: int, skipped: int) -> dict:
     return {"path": os.path.abspath(path) if path != "-" else "-", "rows": rows, "rows_skipped": skipped,
-            "kind": reader.meta.kind, "model": reader.meta.info.get("model"), "history": reader.meta.history,
+            "kind": reader.meta.kind, "model": reader.meta.model, "history": reader.meta.history,
             "added": _now()}
 
 
@@ -456,9 +429,7 @@ def build_index(
     if tm.kind not in ("embeddings",) and "embedding" not in reader.schema.names:
         raise InputError(f"{src_name}: a {tm.kind} table, not embeddings",
                          "make embeddings first: ecgtool embed RECORDS -o emb.parquet")
-    model = tm.info.get("model")
-    emb_info = tm.info.get("embedding") or {}
-    contract = tm.info.get("contract")
+    model, emb_info, contract = tm.model, tm.embedding or {}, tm.contract
     lab_table, lab_names = labels if labels is not None else (None, None)
     if kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -471,13 +442,13 @@ def build_index(
                              "appended embeddings are searched with the index's metric")
         first = None
         t = reader.schema.field("embedding").type if "embedding" in reader.schema.names else None
-        table_dim = getattr(t, "list_size", None) or emb_info.get("dim")
+        table_dim = getattr(t, "list_size", None) or tm.dim
         check_same_model(index, model, int(table_dim) if table_dim else index.dim, contract,
                          f"{src_name}: embeddings", dest)
     else:
         first = next(batches, None)
         dim = (first.X.shape[1] if first is not None and first.X.size
-               else int(emb_info.get("dim") or reader.schema.field("embedding").type.list_size))
+               else int(tm.dim or reader.schema.field("embedding").type.list_size))
         chosen = check_metric(metric) if metric else check_metric(card_metric(model) or "cosine")
         n_rows = getattr(reader, "num_rows", None)
         if kind == "auto":

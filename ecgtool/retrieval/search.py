@@ -62,12 +62,12 @@ def query_batches(reader, index: Index, index_name: str, src_name: str, *, model
     if is_embedding_table(reader):
         tm = reader.meta
         emb_dim = reader.schema.field("embedding").type
-        dim = getattr(emb_dim, "list_size", None) or (tm.info.get("embedding") or {}).get("dim") or index.dim
-        check_same_model(index, tm.info.get("model"), int(dim), tm.info.get("contract"),
+        dim = getattr(emb_dim, "list_size", None) or tm.dim or index.dim
+        check_same_model(index, tm.model, int(dim), tm.contract,
                          f"{src_name}: query embeddings", index_name)
         for b in embedding_batches(reader, src_name):
             if b.X.size and b.X.shape[1] != index.dim:
-                check_same_model(index, tm.info.get("model"), b.X.shape[1], None, f"{src_name}: query embeddings",
+                check_same_model(index, tm.model, b.X.shape[1], None, f"{src_name}: query embeddings",
                                  index_name)
             yield QueryBatch(b.X, b.meta, None, b.skipped)
         return
@@ -396,10 +396,9 @@ def search(reader, index: Index, dest: str, *, index_name: str, src_name: str, o
             model_names = list(model_names)
     stats = SearchStats()
     writer = None
-    meta = TableMeta(kind="neighbours" if not opts.vote else "votes",
-                     info={"index": index_name, "model": index.model, "metric": index.metric, "k": opts.k,
-                           "same_patient": opts.same_patient, "exclude_self": opts.exclude_self,
-                           "vote": opts.vote, "index_kind": index.kind}).add_step(argv)
+    meta = TableMeta.create("neighbours" if not opts.vote else "votes", index=index_name, model=index.model,
+                            metric=index.metric, k=opts.k, same_patient=opts.same_patient,
+                            exclude_self=opts.exclude_self, vote=opts.vote, index_kind=index.kind).add_step(argv)
     try:
         for qb in query_batches(reader, index, index_name, src_name, model=model, device=device,
                                 batch_size=batch_size, errors=errors, with_probs=bool(opts.vote),

@@ -200,9 +200,7 @@ class BatchPlan:
 
 
 def label_names_of(table: pa.Table, meta: S.TableMeta | None, source: str) -> list[str]:
-    names = None
-    if meta is not None:
-        names = meta.info.get("label_names")
+    names = meta.label_names if meta is not None else None
     if not names:
         names = [n for n in table.schema.names if n not in (S.RECORD_ID, S.PATIENT_ID, S.SOURCE)]
     missing = [n for n in names if n not in table.schema.names]

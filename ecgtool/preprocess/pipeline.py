@@ -1,36 +1,19 @@
-"""``preprocess``: record tables in, model-ready fixed-shape tables out.
+"""The preprocess pipeline: :class:`Preprocessor` and the table-level drivers.
 
-The pipeline, in order (each step a no-op when not asked for or when a record
-already satisfies it):
-
-1. **leads**: pick, reorder and derive leads (III, aVR, aVL, aVF from I and II);
-   leads that cannot be had are zero-filled with ``lead_mask`` False, or the
-   record is dropped (``missing="drop"``).
-2. **quality flags** on the signal in mV: ``q_nan``, ``q_flat_leads``,
-   ``q_clipping``, ``q_amplitude`` (see :mod:`ecgtool.signal.quality`);
-   optionally drop flagged records.
-3. **NaN policy**: ``zero`` (NaN -> 0 after flagging) or ``drop`` the record.
-   A record whose samples are all NaN is an error either way.
-4. **resample** to ``fs`` (``linear`` as ECG-FM, or ``poly`` = resample_poly).
-5. **filters** at the output rate: band-pass, notch, baseline removal
-   (median or high-pass), all zero-phase.
-6. **normalise** over the whole record (``norm_scope="record"``), then
-7. **length**: crop/pad to ``length`` seconds, or non-overlapping
-   ``segment``-second windows (remainder dropped, ``segment`` index added),
-8. or normalise each output row (``norm_scope="output"``).
-
-Every output row shares fs, lead order and length, so the signal column is
-fixed-shape. Columns the pipeline does not own pass through (repeated for
-every segment of a record). Rows of a batch that share rate, length and lead
-layout are processed as one (N, L, T) stack.
+:class:`Preprocessor` turns record batches into fixed-shape output batches
+(leads, quality flags, NaN policy, resampling, filters, normalisation,
+length; see :mod:`ecgtool.preprocess`), with its output schema and metadata.
+:func:`preprocess_batches` runs it over an iterable of batches;
+:func:`preprocess_table` streams a table reader through it into a file.
+``QUALITY_COLUMNS`` and ``OWNED`` name the output columns the pipeline
+writes. Its settings are :class:`~ecgtool.preprocess.config.PreprocessConfig`.
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,189 +21,19 @@ import pyarrow as pa
 from ecgtool.errors import InputError, RecordError, RecordErrors, UsageError
 from ecgtool.io import arrays as A
 from ecgtool.io import schema as S
+from ecgtool.preprocess.config import PreprocessConfig, rename_map, round_precision
 from ecgtool.signal import filters as F
 from ecgtool.signal import normalise as N
 from ecgtool.signal import quality as Q
 from ecgtool.signal import resample as R
 from ecgtool.signal import segment as G
 from ecgtool.signal.derive import apply_plan, lead_plan
-from ecgtool.signal.leads import KNOWN, STANDARD_12, normalize_leads, parse_lead_list
+from ecgtool.signal.leads import KNOWN, normalize_leads
 
 log = logging.getLogger("ecgtool")
 
-QUALITY_COLUMNS = ("q_nan", "q_flat_leads", "q_clipping", "q_amplitude")
+QUALITY_COLUMNS = S.QUALITY_COLUMNS
 OWNED = {S.RECORD_ID, S.FS, S.LEADS, S.SIGNAL, S.SEGMENT, S.LEAD_MASK, *QUALITY_COLUMNS}
-BASELINES = ("none", "median", "highpass")
-MISSING = ("zero", "drop")
-NAN_POLICIES = ("zero", "drop")
-SHORT_POLICIES = ("skip", "pad")
-NORM_SCOPES = ("record", "output")
-PRECISIONS = {"float32": 0, "float16": 13, "bfloat16": 16}  # low float32 mantissa bits rounded away
-
-
-@dataclass
-class PreprocessConfig:
-    """All settings of one preprocess run (stored in the output's metadata)."""
-
-    preset: str | None = None
-    rename: list[str] | None = None  # "OLD=NEW" lead renames applied before lead selection
-    leads: list[str] | None = None
-    derive: bool = True
-    missing: str = "zero"
-    fs: float | None = None
-    resample_method: str = "poly"
-    bandpass: tuple[float, float] | None = None
-    bandpass_design: str = "butter"  # butter | butter-hp-lp | fir (see ecgtool.signal.filters)
-    filter_order: int = 4
-    notch: float | None = None
-    notch_q: float = 30.0
-    baseline: str = "none"
-    baseline_window_s: float = 0.4
-    highpass_hz: float = 0.5
-    normalisation: str = "none"
-    norm_scope: str = "record"
-    length_s: float | None = None
-    crop: str = "start"
-    segment_s: float | None = None
-    hop_s: float | None = None      # windows start every hop_s seconds (default segment_s: no overlap)
-    short: str = "skip"
-    nan: str = "zero"
-    drop_flagged: list[str] = field(default_factory=list)
-    flat_mv: float = 0.01
-    clip_ms: float = 10.0
-    clip_plateaus: int = 3
-    amplitude_mv: float = 15.0
-    precision: str = "float32"  # round output samples to this precision (storage stays float32)
-
-    def validate(self) -> "PreprocessConfig":
-        def one_of(name, value, allowed):
-            if value not in allowed:
-                raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-
-        try:
-            for name in ("fs", "notch", "length_s", "segment_s", "hop_s"):
-                v = getattr(self, name)
-                if v is not None:
-                    setattr(self, name, float(v))
-            if self.bandpass is not None:
-                self.bandpass = (float(self.bandpass[0]), float(self.bandpass[1]))
-        except (TypeError, ValueError, IndexError) as exc:
-            raise UsageError(f"a numeric preprocess setting is not a number ({exc})")
-        one_of("--missing", self.missing, MISSING)
-        one_of("--resample-method", self.resample_method, R.METHODS)
-        one_of("--baseline", self.baseline, BASELINES)
-        one_of("--bandpass-design", self.bandpass_design, F.BANDPASS_DESIGNS)
-        one_of("--normalise", self.normalisation, N.METHODS)
-        one_of("--norm-scope", self.norm_scope, NORM_SCOPES)
-        one_of("--crop", self.crop, G.CROP_MODES)
-        one_of("--short", self.short, SHORT_POLICIES)
-        one_of("--nan", self.nan, NAN_POLICIES)
-        one_of("--precision", self.precision, tuple(PRECISIONS))
-        for flag in self.drop_flagged:
-            one_of("--drop-flagged", flag, Q.FLAGS)
-        if self.segment_s is not None and self.length_s is not None:
-            raise UsageError("--segment and --length exclude each other", "give one of them")
-        if self.hop_s is not None and self.segment_s is None:
-            raise UsageError("--hop needs --segment", "give the window length with --segment")
-        for name, v in (("--segment", self.segment_s), ("--hop", self.hop_s), ("--length", self.length_s),
-                        ("--fs", self.fs)):
-            if v is not None and v <= 0:
-                raise UsageError(f"{name} must be positive, not {v}")
-        if self.bandpass is not None and not (0 < self.bandpass[0] < self.bandpass[1]):
-            raise UsageError(f"--bandpass needs 0 < LOW < HIGH, not {self.bandpass[0]},{self.bandpass[1]}")
-        if self.leads is not None and len(set(self.leads)) != len(self.leads):
-            raise UsageError(f"--leads names a lead twice: {','.join(self.leads)}")
-        rename_map(self.rename)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["bandpass"] is not None:
-            d["bandpass"] = list(d["bandpass"])
-        return d
-
-
-def round_precision(x: np.ndarray, precision: str) -> np.ndarray:
-    """Round float32 samples to the significand of ``precision`` (float16: 11 bits, bfloat16: 8 bits).
-
-    Round half to even on the dropped low mantissa bits; the result is still
-    float32 (the record-table contract) but its low bits are zero, so a
-    compressed file of it is about half (float16) or 40% (bfloat16) the size.
-    Exponent range is float32's: nothing overflows or flushes to zero.
-    """
-    drop = PRECISIONS[precision]
-    if not drop:
-        return x
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).copy()
-    finite = np.isfinite(u.view(np.float32))
-    half = np.uint32((1 << (drop - 1)) - 1)
-    r = (u + half + ((u >> np.uint32(drop)) & np.uint32(1))) & np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
-    u = np.where(finite, r, u)
-    return u.view(np.float32)
-
-
-def rename_map(pairs: Sequence[str] | None) -> dict[str, str]:
-    """``["ECG=I", ...]`` -> ``{"ECG": "I"}`` with both sides in canonical lead spelling."""
-    from ecgtool.signal.leads import normalize_lead
-
-    out: dict[str, str] = {}
-    for pair in pairs or ():
-        old, sep, new = str(pair).partition("=")
-        if not sep or not old.strip() or not new.strip():
-            raise UsageError(f"--rename {pair!r} is not OLD=NEW", "e.g. --rename ECG=I")
-        out[normalize_lead(old.strip())] = normalize_lead(new.strip())
-    return out
-
-
-def presets() -> dict[str, dict[str, Any]]:
-    """The published pipelines, by name, as the model cards define them (docs/preprocessing.md)."""
-    from ecgtool.models.card import presets as card_presets
-
-    return card_presets()
-
-
-FILTER_SETS = ("none", "ecgfounder")
-
-
-def make_config(preset: str | None = None, filter: str | None = None, **overrides: Any) -> PreprocessConfig:
-    """A config from a preset plus explicit settings.
-
-    ``None`` means "not given" (the preset's value stays); ``False`` for
-    ``bandpass`` or ``notch`` switches that filter off. ``filter="none"``
-    switches every filter off (band-pass, notch, baseline) before the
-    explicit settings apply; ``filter="ecgfounder"`` switches ECGFounder's on.
-    """
-    base: dict[str, Any] = {}
-    if preset is not None:
-        known = presets()
-        if preset not in known:
-            raise UsageError(f"unknown preset {preset!r}", f"choose one of {', '.join(known)}")
-        base.update(known[preset])
-        base["preset"] = preset
-    if filter is not None:
-        if filter not in FILTER_SETS:
-            raise UsageError(f"unknown --filter {filter!r}", f"choose one of {', '.join(FILTER_SETS)}")
-        base.update(bandpass=None, notch=None, baseline="none")
-        if filter == "ecgfounder":
-            eg = presets()["ecgfounder"]
-            for k in ("notch", "notch_q", "bandpass", "filter_order", "baseline", "baseline_window_s"):
-                base[k] = eg[k]
-    names = {f.name for f in fields(PreprocessConfig)}
-    # a window given explicitly replaces the preset's: --segment instead of ECGFounder's --length 10, and back
-    if overrides.get("segment_s") is not None:
-        base["length_s"] = None
-    if overrides.get("length_s") is not None:
-        base["segment_s"] = None
-    for k, v in overrides.items():
-        if k not in names:
-            raise TypeError(f"unknown preprocess setting {k!r}")
-        if v is False and k in ("bandpass", "notch"):
-            base[k] = None
-        elif v is not None:
-            base[k] = v
-    if base.get("leads") is not None:
-        base["leads"] = parse_lead_list(base["leads"])
-    return PreprocessConfig(**base).validate()
 
 
 # --------------------------------------------------------------------------- reading rows
@@ -305,21 +118,11 @@ class Preprocessor:
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         """Schema of the output (needs the target leads and length, known after the first record)."""
         L = len(self.leads) if self.leads is not None else None
-        T = self.n_samples
-        cols = [pa.field(S.RECORD_ID, pa.string())]
-        if self.cfg.segment_s is not None or S.SEGMENT in input_schema.names:
-            seg_type = pa.int32() if self.cfg.segment_s is not None else input_schema.field(S.SEGMENT).type
-            cols.append(pa.field(S.SEGMENT, seg_type))
-        cols += [
-            pa.field(S.FS, pa.float64()),
-            pa.field(S.LEADS, pa.list_(pa.string())),
-            pa.field(S.SIGNAL, S.signal_type(L, T)),
-        ]
-        if self.cfg.leads is not None:
-            cols.append(pa.field(S.LEAD_MASK, pa.list_(pa.bool_(), L) if L else pa.list_(pa.bool_())))
-        elif S.LEAD_MASK in input_schema.names:
-            cols.append(input_schema.field(S.LEAD_MASK))
-        cols += [pa.field(c, pa.int32()) for c in QUALITY_COLUMNS]
+        names = input_schema.names
+        segment = self.cfg.segment_s is not None or (
+            S.SEGMENT in names and pa.field(S.SEGMENT, input_schema.field(S.SEGMENT).type))
+        lead_mask = self.cfg.leads is not None or (S.LEAD_MASK in names and input_schema.field(S.LEAD_MASK))
+        cols = S.segments_fields(L, self.n_samples, segment, lead_mask)
         cols += [f for f in input_schema if f.name not in OWNED]
         return pa.schema(cols)
 
