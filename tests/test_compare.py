@@ -181,7 +181,7 @@ def ptbxl(data_dir, tmp_path_factory):
     emb = pa.table({"record_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
                     "strat_fold": meta["strat_fold"]})
     write_table(out / "emb.parquet", emb, TableMeta(kind="embeddings"))
-    r = _run(["probe", out / "emb.parquet", "-l", out / "labels.parquet", "--fold-col", "strat_fold",
+    r = _run(["probe", out / "emb.parquet", "-l", out / "labels.parquet", "--fold-column", "strat_fold",
               "--report", out / "probe.json"])
     assert r.exit_code == 0, r.output
     return out

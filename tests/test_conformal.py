@@ -179,8 +179,8 @@ def test_probe_conformal_sets_cover_90_percent_of_cinc2017_test_records(cinc_emb
     n_val, n_test = cinc.count("val"), cinc.count("test")
     assert (n_val, n_test) == (602, 1201)
     rep_path = cinc_embeddings / "rep.json"
-    r = cli(["probe", cinc_embeddings / "emb.parquet", "--label-cols", "label", "--multiclass", "--fold-col",
-             "split", "--test-fold", "test", "--val-fold", "val", "--alpha", "0.1", "--report", rep_path,
+    r = cli(["probe", cinc_embeddings / "emb.parquet", "--label-names", "label", "--multiclass", "--fold-column",
+             "split", "--test-folds", "test", "--val-folds", "val", "--alpha", "0.1", "--report", rep_path,
              "--figures", cinc_embeddings / "figs"])
     assert r.exit_code == 0, r.output
     assert "Conformal prediction sets (APS, alpha=0.1" in r.stdout
@@ -202,8 +202,8 @@ def test_probe_conformal_sets_cover_90_percent_of_cinc2017_test_records(cinc_emb
 
 def test_probe_alpha_outside_0_1_is_a_usage_error(cinc_embeddings, cli):
     for bad in ("0", "1", "1.5"):
-        r = cli(["probe", cinc_embeddings / "emb.parquet", "--label-cols", "label", "--multiclass", "--fold-col",
-                 "split", "--test-fold", "test", "--val-fold", "val", "--alpha", bad])
+        r = cli(["probe", cinc_embeddings / "emb.parquet", "--label-names", "label", "--multiclass", "--fold-column",
+                 "split", "--test-folds", "test", "--val-folds", "val", "--alpha", bad])
         assert r.exit_code == 2 and "between 0 and 1" in r.stderr, r.output
 
 
@@ -220,8 +220,8 @@ def test_probe_label_without_calibration_positives_is_not_computable(cinc_embedd
     t = t.append_column("AF", pa.array(af)).append_column("normal", pa.array(normal))
     write_table(tmp_path / "emb.parquet", t, TableMeta(kind="embeddings"))
     rep_path = tmp_path / "rep.json"
-    r = cli(["probe", tmp_path / "emb.parquet", "--label-cols", "AF,normal", "--fold-col", "split", "--test-fold",
-             "test", "--val-fold", "val", "--n-boot", "100", "--report", rep_path])
+    r = cli(["probe", tmp_path / "emb.parquet", "--label-names", "AF,normal", "--fold-column", "split", "--test-folds",
+             "test", "--val-folds", "val", "--n-boot", "100", "--report", rep_path])
     assert r.exit_code == 0, r.output
     rep = json.loads(rep_path.read_text())
     c = rep["conformal"]
@@ -260,7 +260,7 @@ def test_finetune_stores_conformal_and_predict_writes_decisions(small_tables, cl
     out = tmp_path / "ft.safetensors"
     rep = tmp_path / "rep.json"
     r = cli(["finetune", small_tables / "seg.parquet", "-m", "ecgfm-tiny", "--from-scratch", "-l",
-             small_tables / "labels.parquet", "--labels", "NORM,MI,STTC,CD", "-o", out, "--val-fraction", "0.4",
+             small_tables / "labels.parquet", "--label-names", "NORM,MI,STTC,CD", "-o", out, "--val-fraction", "0.4",
              "--device", "cpu", "--batch-size", "16", "--max-steps", "3", "--alpha", "0.2", "--report", rep])
     assert r.exit_code == 0, r.output
     report = json.loads(rep.read_text())

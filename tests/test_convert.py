@@ -202,12 +202,12 @@ def test_join_key_option_and_unmatched_rows(data_dir, tmp_path, cli):
     heads = sorted((data_dir / "cinc2017").glob("*.hea"))[:3]
     table = tmp_path / "labels.csv"
     table.write_text(f"name,rhythm\n{heads[0].stem},AF\nnot_a_record,N\n")
-    res = cli(["convert", *heads, "--join", table, "--join-key", "name", "-o", tmp_path / "x.parquet"])
+    res = cli(["convert", *heads, "--join", table, "--join-on", "name", "-o", tmp_path / "x.parquet"])
     assert res.exit_code == 0, res.stderr
     rows = _rows(tmp_path / "x.parquet")
     assert [rows[h.stem]["rhythm"] for h in heads] == ["AF", None, None]
     assert "joined labels.csv to 1 of 3 records" in res.stderr
-    bad = cli(["convert", *heads, "--join", table, "--join-key", "nope", "-o", tmp_path / "y.parquet"])
+    bad = cli(["convert", *heads, "--join", table, "--join-on", "nope", "-o", tmp_path / "y.parquet"])
     assert bad.exit_code == 2 and "nope" in bad.stderr
 
 

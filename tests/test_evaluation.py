@@ -81,7 +81,7 @@ def test_fold_9_and_9_0_are_one_fold_in_probe_and_finetune():
     # one rule for the errors too
     with pytest.raises(UsageError, match="fold 9 is in both --test-folds and --val-folds"):
         _finetune_split(ints_obj, ["9.0"], ["9"])
-    with pytest.raises(UsageError, match="fold 9 is in both --test-fold and --val-fold"):
+    with pytest.raises(UsageError, match="fold 9 is in both --test-folds and --val-folds"):
         pr.fold_splits(floats, "9", "9.0")
     with pytest.raises(UsageError, match="no row is in validation fold 11"):
         _finetune_split(floats, ["11"], [])

@@ -76,7 +76,7 @@ FAST = ["--device", "cpu", "--batch-size", "8", "--eval-every", "2", "--max-step
 def test_finetune_ptbxl_multilabel_folds(cli, ptbxl, tmp_path):
     out = tmp_path / "ft.safetensors"
     rep = tmp_path / "rep.json"
-    r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--labels", "NORM,STTC,CD",
+    r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--label-names", "NORM,STTC,CD",
              "-o", out, "--fold-column", "strat_fold", "--val-folds", "8,9", "--test-folds", "10",
              "--report", rep, *FAST])
     assert r.exit_code == 0, r.output
@@ -184,7 +184,7 @@ def cinc(data_dir, tmp_path_factory):
 def test_multiclass_from_scratch_linear_probe_on_cinc2017(cli, cinc, tmp_path):
     out = tmp_path / "rhythm.safetensors"
     rep = tmp_path / "rep.json"
-    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--from-scratch", "--labels", "normal,af,other",
+    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--from-scratch", "--label-names", "normal,af,other",
              "--task", "multiclass", "--mode", "linear", "-o", out, "--val-fraction", "0.3", "--report", rep,
              "--device", "cpu", "--batch-size", "8", "--max-epochs", "2", "--lr", "1e-2",
              "--checkpoint-every", "1", "--keep-checkpoints", "100"])
@@ -206,7 +206,7 @@ def test_multiclass_from_scratch_linear_probe_on_cinc2017(cli, cinc, tmp_path):
         assert torch.equal(sd[k], first[k])
     assert not torch.equal(sd["proj.weight"], first["proj.weight"])
     # without --from-scratch a registry name is refused
-    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--labels", "normal,af", "-o", tmp_path / "x.safetensors",
+    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--label-names", "normal,af", "-o", tmp_path / "x.safetensors",
              "--device", "cpu", "--max-steps", "1"])
     assert r.exit_code == 1 and "--from-scratch" in r.output and "registry" in r.output
 
@@ -265,7 +265,7 @@ def test_label_masks_and_bad_labels(cli, ptbxl, tmp_path):
     assert joined == len(rows) and np.isnan(y[-1]).all()
     assert np.isnan(y[1::2][:len(rows) // 2, 0]).all() and np.isnan(y[0::2][:len(rows) // 2, 1]).all()
     out = tmp_path / "m.safetensors"
-    r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", lab, "--labels", "NORM,CD", "-o", out,
+    r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", lab, "--label-names", "NORM,CD", "-o", out,
              "--device", "cpu", "--batch-size", "8", "--max-steps", "2", "--eval-every", "2"])
     assert r.exit_code == 0, r.output
     # single-class column
@@ -288,7 +288,7 @@ def test_label_masks_and_bad_labels(cli, ptbxl, tmp_path):
     assert r.exit_code == 1 and "'E' is empty" in r.output, r.output
     for bad, word in ((["--task", "regression"], "--task"), (["--lr", "0"], "--lr"),
                       (["--val-fraction", "1.5"], "--val-fraction"), (["--mode", "half"], "--mode")):
-        r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--labels", "NORM",
+        r = cli(["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--label-names", "NORM",
                  "-o", tmp_path / "b.safetensors", "--device", "cpu", "--max-steps", "1", *bad])
         assert r.exit_code == 2 and word in r.output, r.output
 
@@ -309,7 +309,7 @@ def test_net1d_frozen_features_from_native_checkpoint(cli, ptbxl, tmp_path):
     base = create_model("ecgfounder-tiny", n_classes=3, contract=five)
     ck = save_checkpoint(base, tmp_path / "net1d.safetensors")
     out = tmp_path / "n.safetensors"
-    r = cli(["finetune", ptbxl["seg"], "-m", ck, "-l", ptbxl["labels"], "--labels", "NORM,CD", "-o", out,
+    r = cli(["finetune", ptbxl["seg"], "-m", ck, "-l", ptbxl["labels"], "--label-names", "NORM,CD", "-o", out,
              "--mode", "frozen-features", "--task", "pu", "--device", "cpu", "--batch-size", "8",
              "--max-steps", "3", "--eval-every", "3", "--lr", "1e-3"])
     assert r.exit_code == 0, r.output
@@ -328,7 +328,7 @@ def test_finetune_from_imported_fairseq_checkpoint(cli, ptbxl, reference_dir, tm
     src = reference_dir / "fixtures" / "ecgfm" / "pretrained.pt"
     out = tmp_path / "fs.safetensors"
     rep = tmp_path / "rep.json"
-    r = cli(["finetune", ptbxl["seg"], "-m", src, "-l", ptbxl["labels"], "--labels", "NORM,CD", "-o", out,
+    r = cli(["finetune", ptbxl["seg"], "-m", src, "-l", ptbxl["labels"], "--label-names", "NORM,CD", "-o", out,
              "--mode", "frozen-features", "--device", "cpu", "--batch-size", "8", "--max-steps", "2",
              "--eval-every", "2", "--lr", "1e-3", "--report", rep])
     assert r.exit_code == 0, r.output
@@ -342,7 +342,7 @@ def test_finetune_from_imported_fairseq_checkpoint(cli, ptbxl, reference_dir, tm
 
 def test_finetune_resume_matches_uninterrupted(cli, ptbxl, tmp_path):
     """Stop after 2 updates, resume to 4: same losses, evaluations, best model and thresholds."""
-    common = ["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--labels", "NORM,CD",
+    common = ["finetune", ptbxl["seg"], "-m", ptbxl["ckpt"], "-l", ptbxl["labels"], "--label-names", "NORM,CD",
               "--device", "cpu", "--batch-size", "8", "--eval-every", "2", "--checkpoint-every", "2",
               "--val-fraction", "0.2"]
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
@@ -389,7 +389,7 @@ def test_multiclass_from_a_column_of_class_names(cli, cinc, tmp_path):
     lab = tmp_path / "rhythm.parquet"
     pq.write_table(pa.table({"record_id": t.column("record_id"), "label": pa.array(cls)}), lab)
     out = tmp_path / "m.safetensors"
-    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--from-scratch", "-l", lab, "--labels", "label",
+    r = cli(["finetune", cinc, "-m", "ecgfm-tiny", "--from-scratch", "-l", lab, "--label-names", "label",
              "--task", "multiclass", "--mode", "linear", "-o", out, "--val-fraction", "0.3",
              "--device", "cpu", "--batch-size", "8", "--max-steps", "2"])
     assert r.exit_code == 0, r.output

@@ -199,9 +199,9 @@ def build_stand_ins(top: Path, data_dir: Path, reference_dir: Path) -> None:
     noise = np.random.default_rng(0).standard_normal((ptb_emb.num_rows, len(ptb_emb.column(col)[0])))
     noise = pa.array(list(noise.astype(np.float32)), ptb_emb.schema.field(col).type)
     pq.write_table(ptb_emb.set_column(col, "embedding", noise), spare / "random.parquet")
-    _parallel(d, ["probe", "emb.parquet", "-l", "labels.parquet", "--fold-col", "strat_fold", "--n-boot", "100",
+    _parallel(d, ["probe", "emb.parquet", "-l", "labels.parquet", "--fold-column", "strat_fold", "--n-boot", "100",
                   "--report", "probe.json"],
-              ["probe", spare / "random.parquet", "-l", "labels.parquet", "--fold-col", "strat_fold", "--n-boot",
+              ["probe", spare / "random.parquet", "-l", "labels.parquet", "--fold-column", "strat_fold", "--n-boot",
                "100", "--report", "probe.random.json"])
 
     # a three-lead array (leads x samples, mV), as a user's own numpy export

@@ -501,4 +501,4 @@ def test_one_join_rule_for_convert_and_label(data_dir, tmp_path, cli):
     r = cli(["label", rec, "--join", ref, "--class-column", "label", "--vocab", "cinc2017", "-o", tmp_path / "l.parquet"])
     assert r.exit_code == 0, r.output
     r = cli(["convert", heas[0], "--join", ref, "--join-key", "record_id", "-o", tmp_path / "k.parquet"])
-    assert r.exit_code == 0 and "--join-key is now --join-on" in r.stderr
+    assert r.exit_code == 0 and "convert --join-key is deprecated and will be removed in the next release; use --join-on" in r.stderr

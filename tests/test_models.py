@@ -190,21 +190,21 @@ def test_models_import_with_label_names(cli, reference_dir, tmp_path):
 
     ft = reference_dir / "fixtures" / "ecgfm" / "finetuned.pt"
     out = tmp_path / "ft.safetensors"
-    r = cli(["models", "import", ft, "--labels", "NORM, MI,STTC,CD,HYP", "-o", out])
+    r = cli(["models", "import", ft, "--label-names", "NORM, MI,STTC,CD,HYP", "-o", out])
     assert r.exit_code == 0, r.output
     assert "label names: NORM, MI, STTC, CD, … (5)" in r.stdout
     assert load_model(out).label_names == ["NORM", "MI", "STTC", "CD", "HYP"]
     names = tmp_path / "names.txt"
     names.write_text("# outputs in order\n" + "\n".join(f"finding {k}" for k in range(7)) + "\n")
     pth = reference_dir / "fixtures" / "ecgfounder" / "12_lead_reduced.pth"
-    r = cli(["models", "import", pth, "--labels", names, "-o", tmp_path / "f.safetensors"])
+    r = cli(["models", "import", pth, "--label-names", names, "-o", tmp_path / "f.safetensors"])
     assert r.exit_code == 0, r.output
     assert load_model(tmp_path / "f.safetensors").label_names == [f"finding {k}" for k in range(7)]
     # a wrong count, a model without a head, repeated names: usage errors, nothing written
     for src, spec in ((ft, "mimic-iv-ecg"), (reference_dir / "fixtures" / "ecgfm" / "pretrained.pt", "A,B"),
                       (ft, "A,A,B,C,D")):
-        r = cli(["models", "import", src, "--labels", spec, "-o", tmp_path / "bad.safetensors"])
+        r = cli(["models", "import", src, "--label-names", spec, "-o", tmp_path / "bad.safetensors"])
         assert r.exit_code == 2, r.output
         assert not (tmp_path / "bad.safetensors").exists()
-    r = cli(["models", "import", ft, "--labels", "mimic-iv-ecg", "-o", tmp_path / "bad.safetensors"])
+    r = cli(["models", "import", ft, "--label-names", "mimic-iv-ecg", "-o", tmp_path / "bad.safetensors"])
     assert "17 names for the 5 outputs" in r.stderr

@@ -149,8 +149,8 @@ def test_segments_predictions_and_labels_line_up(ptbxl_chain):
 
 def test_probe_joins_labels_and_embeddings(ptbxl_chain):
     d, ids, cli = ptbxl_chain["dir"], ptbxl_chain["ids"], ptbxl_chain["cli"]
-    cli("probe", d / "emb.parquet", "-l", d / "lab.parquet", "--group-col", "patient_id", "--cv", "3",
-        "--label-cols", "NORM,STTC", "--n-boot", "50", "--report", d / "probe.json", "--figures", d / "figs")
+    cli("probe", d / "emb.parquet", "-l", d / "lab.parquet", "--patient-column", "patient_id", "--cv", "3",
+        "--label-names", "NORM,STTC", "--n-boot", "50", "--report", d / "probe.json", "--figures", d / "figs")
     rep = json.loads((d / "probe.json").read_text())
     rec = rep["records"]
     assert rec["records"] == len(ids) and rec["joined"] == len(ids)

@@ -288,8 +288,8 @@ def test_probe_beats_chance_on_ptbxl_norm(ptbxl_tables):
 def test_cli_end_to_end_json_and_pngs(ptbxl_tables, cli, tmp_path):
     report = tmp_path / "report.json"
     figs = tmp_path / "figs"
-    r = cli(["probe", ptbxl_tables / "emb.parquet", "--labels", ptbxl_tables / "labels.parquet",
-             "--fold-col", "strat_fold", "--test-fold", "10", "--val-fold", "9", "--n-boot", "200",
+    r = cli(["probe", ptbxl_tables / "emb.parquet", "--label-table", ptbxl_tables / "labels.parquet",
+             "--fold-column", "strat_fold", "--test-folds", "10", "--val-folds", "9", "--n-boot", "200",
              "--subgroup", "sex", "--subgroup", "age:bands", "--scaling", "50,100,200",
              "--scaling-seeds", "2", "--report", report, "--figures", figs])
     assert r.exit_code == 0, r.output
@@ -337,8 +337,8 @@ def test_cli_multiclass_and_errors(ptbxl_tables, cli, tmp_path):
     t = pa.table({"record_id": lab.column("record_id"), "group": pa.array(cls)})
     write_table(tmp_path / "cls.parquet", t, TableMeta(kind="labels"))
     rep_path = tmp_path / "mc.json"
-    r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", tmp_path / "cls.parquet", "--label-cols", "group",
-             "--multiclass", "--group-col", "patient_id", "--cv", "4", "--n-boot", "100", "--report", rep_path])
+    r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", tmp_path / "cls.parquet", "--label-names", "group",
+             "--multiclass", "--patient-column", "patient_id", "--cv", "4", "--n-boot", "100", "--report", rep_path])
     assert r.exit_code == 0, r.output
     rep = json.loads(rep_path.read_text())
     assert rep["task"] == "multiclass" and rep["labels"] == ["MI", "normal", "other"]
@@ -346,11 +346,11 @@ def test_cli_multiclass_and_errors(ptbxl_tables, cli, tmp_path):
     assert rep["calibration"]["after"]["nll"] is not None
     # no split given -> usage error; a label table that does not join -> error naming both
     r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", ptbxl_tables / "labels.parquet"])
-    assert r.exit_code == 2 and "--fold-col" in r.stderr
+    assert r.exit_code == 2 and "--fold-column" in r.stderr
     bad = pa.table({"record_id": ["nope1", "nope2"], "NORM": [1, 0]})
     write_table(tmp_path / "bad.parquet", bad, TableMeta(kind="labels"))
-    r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", tmp_path / "bad.parquet", "--label-cols", "NORM",
-             "--fold-col", "strat_fold"])
+    r = cli(["probe", ptbxl_tables / "emb.parquet", "-l", tmp_path / "bad.parquet", "--label-names", "NORM",
+             "--fold-column", "strat_fold"])
     assert r.exit_code == 1 and "share no record_id" in r.stderr
 
 

@@ -119,7 +119,7 @@ def ptbxl(data_dir, tmp_path_factory):
 
 def test_knn_head(ptbxl):
     rep = ptbxl / "knn.json"
-    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--group-col", "patient_id", "--cv",
+    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--patient-column", "patient_id", "--cv",
               "5", "--head", "knn", "--k", "15", "--n-boot", "200", "--report", rep])
     assert r.exit_code == 0, r.output
     out = json.loads(rep.read_text())
@@ -133,7 +133,7 @@ def test_probe_baseline_table_gives_paired_differences(ptbxl):
     """--baseline FILE: both probes on the same splits and resamples; the main probe's CIs in the comparison are
     the probe's own; the differences are the differences of the points, with intervals that contain them."""
     rep = ptbxl / "base.json"
-    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--group-col", "patient_id", "--cv",
+    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--patient-column", "patient_id", "--cv",
               "5", "--n-boot", "300", "--baseline", ptbxl / "noisy.parquet", "--report", rep, "--figures",
               ptbxl / "figs"])
     assert r.exit_code == 0, r.output
@@ -153,14 +153,14 @@ def test_probe_baseline_table_gives_paired_differences(ptbxl):
     assert d["macro"]["auroc"]["value"] > 0 and d["macro"]["auroc"]["ci"][0] > 0
     assert "Δ AUROC" in r.stdout and (ptbxl / "figs" / "baseline_forest.png").exists()
     # --baseline random without the records it needs
-    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--fold-col", "strat_fold",
+    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--fold-column", "strat_fold",
               "--baseline", "random"])
     assert r.exit_code == 2 and "--records" in r.stderr
 
 
 def test_every_probe_interval_contains_its_point(ptbxl):
     rep = ptbxl / "ci.json"
-    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--fold-col", "strat_fold",
+    r = _run(["probe", ptbxl / "emb.parquet", "-l", ptbxl / "labels.parquet", "--fold-column", "strat_fold",
               "--subgroup", "sex", "--report", rep])
     assert r.exit_code == 0, r.output
     out = json.loads(rep.read_text())
@@ -297,7 +297,7 @@ def test_finetune_leakage_warning_and_lr_scales(data_dir, tmp_path):
 
     rep = tmp_path / "rep.json"
     r = _run(["finetune", tmp_path / "seg.parquet", "-m", default_model_path(), "-l", tmp_path / "lab.parquet",
-              "--labels", "NORM,STTC", "-o", tmp_path / "ft.safetensors", "--val-fraction", "0.4", "--device", "cpu",
+              "--label-names", "NORM,STTC", "-o", tmp_path / "ft.safetensors", "--val-fraction", "0.4", "--device", "cpu",
               "--batch-size", "8",
               "--max-steps", "1", "--lr-scales", "1,1", "--lr", "1e-4", "--report", rep])
     assert r.exit_code == 0, r.output

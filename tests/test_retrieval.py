@@ -76,7 +76,7 @@ def ptb(tmp_path_factory, data_dir):
     write_like(work / "all.emb.parquet", work / "emb.parquet", num <= 40)
     write_like(work / "all.emb.parquet", work / "new_emb.parquet", num > 40)
     write_like(work / "all.emb.parquet", work / "query_emb.parquet", num <= 10)
-    run(["index", "all.emb.parquet", "--labels", "labels.parquet", "-o", "all.ecgidx"], work)
+    run(["index", "all.emb.parquet", "--label-table", "labels.parquet", "-o", "all.ecgidx"], work)
     return work
 
 

@@ -42,7 +42,7 @@ def test_finetune_follows_the_schedule(data_dir, tmp_path, cli):
     assert cli(["convert", *heas, "--join", ref, "-o", rec]).exit_code == 0
     assert cli(["preprocess", "--preset", "ecgfounder", "--rename", "ECG=I", rec, "-o", seg]).exit_code == 0
     out = tmp_path / "ft.safetensors"
-    r = cli(["finetune", seg, "-m", "ecgfounder-tiny", "--from-scratch", "--labels", "label", "--task", "multiclass",
+    r = cli(["finetune", seg, "-m", "ecgfounder-tiny", "--from-scratch", "--label-names", "label", "--task", "multiclass",
              "--val-fraction", "0.3", "--batch-size", "2", "--lr", "1e-3", "--lr-scales", "1,1",
              "--schedule", "cosine", "--warmup-steps", "2", "--max-steps", "6", "--eval-every", "3", "-o", out,
              "--report", tmp_path / "rep.json"])
@@ -54,6 +54,6 @@ def test_finetune_follows_the_schedule(data_dir, tmp_path, cli):
     assert len(lrs) == 6 and math.isclose(lrs[-1], 1e-3 * f(5))
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert rep["schedule"] == {"name": "cosine", "warmup_steps": 2, "total_steps": 6}
-    r = cli(["finetune", seg, "-m", "ecgfounder-tiny", "--from-scratch", "--labels", "label", "--task", "multiclass",
+    r = cli(["finetune", seg, "-m", "ecgfounder-tiny", "--from-scratch", "--label-names", "label", "--task", "multiclass",
              "--schedule", "step", "--max-steps", "2", "-o", tmp_path / "x.safetensors"])
     assert r.exit_code == 2 and "--schedule 'step'" in r.output

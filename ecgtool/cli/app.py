@@ -24,6 +24,7 @@ log = logging.getLogger("ecgtool")
 class _State:
     verbose = 0
     quiet = False
+    notes: list[str] = []  # warnings found before logging was set up (deprecated option spellings)
 
 
 state = _State()
@@ -117,6 +118,19 @@ class EcgtoolGroup(TyperGroup):
         finally:
             reset_command_line(token)
 
+    def resolve_command(self, ctx, args):
+        """The command and its arguments, old option spellings replaced (cli/options.py's RENAMED)."""
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            from ecgtool.cli.options import rename_options
+
+            valued = {o for p in cmd.params if p.param_type_name == "option" and not (p.is_flag or p.count)
+                      for o in p.opts + p.secondary_opts}
+            # the notes are said once logging is set up (the group's callback, which runs next)
+            path = " ".join([*ctx.command_path.split()[1:], name])  # "probe", "models import"
+            rest = rename_options(path, rest, valued, state.notes)
+        return name, cmd, rest
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
@@ -201,6 +215,8 @@ def _main(
     state.verbose = verbose
     state.quiet = quiet
     setup_logging(verbose, quiet)
+    while state.notes:
+        log.warning(state.notes.pop(0))
     from ecgtool.io.threads import set_threads
 
     set_threads(threads)

@@ -116,3 +116,36 @@ def console(**kwargs):
 
     kwargs.setdefault("highlight", False)
     return _Console(**kwargs)
+
+
+def emit_report(rep: dict, report: str | None, as_json: bool, show) -> None:
+    """A command's JSON report: written to ``--report FILE`` (atomically) or stdout (``--report -``, ``--json``);
+    otherwise ``show(rep)`` prints it as tables."""
+    from ecgtool.io.files import json_text, write_bytes_atomic
+
+    text = json_text(rep)
+    if report and report != "-":
+        write_bytes_atomic(str(report), (text + "\n").encode())
+        log.info("wrote the report to %s", report)
+    if as_json or report == "-":
+        typer.echo(text)
+    elif show is not None:
+        show(rep)
+
+
+def cell(m: dict | None, ci: bool = True) -> str:
+    """A metric ``{"value", "ci"}`` as a table cell: 0.912 (0.88–0.94); n/a when it could not be computed."""
+    if not m or m.get("value") is None:
+        return "n/a"
+    if ci and m.get("ci"):
+        return f"{m['value']:.3f} ({m['ci'][0]:.2f}–{m['ci'][1]:.2f})"
+    return f"{m['value']:.3f}"
+
+
+def delta(m: dict | None) -> str:
+    """A difference ``{"value", "ci"}`` as a signed table cell: +0.012 (-0.01 to +0.03)."""
+    if not m or m.get("value") is None:
+        return "n/a"
+    if m.get("ci"):
+        return f"{m['value']:+.3f} ({m['ci'][0]:+.2f} to {m['ci'][1]:+.2f})"
+    return f"{m['value']:+.3f}"

@@ -9,7 +9,8 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import Json
+from ecgtool.cli.common import cell, delta, emit_report
+from ecgtool.cli.options import Json, LabelNames, LabelTable, NBoot, Report, Seed
 
 log = logging.getLogger("ecgtool")
 
@@ -19,24 +20,21 @@ def compare(
     inputs: Annotated[List[str], typer.Argument(
         metavar="INPUT...", help="Two or more prediction tables ('ecgtool predict') or probe reports "
                                  "('ecgtool probe --report').")],
-    labels: Annotated[Optional[str], typer.Option(
-        "-l", "--labels", help="Label table (record_id + one 1/0/empty column per label, or a column of class "
-                               "names); needed for prediction tables, optional for probe reports.")] = None,
+    label_table: LabelTable = None,
     names: Annotated[Optional[str], typer.Option(
-        "--names", help="Comma-separated display names, one per input (default: the model names).")] = None,
-    label_cols: Annotated[Optional[str], typer.Option(
-        "--label-cols", help="Compare only these labels (comma-separated).")] = None,
+        "--names", metavar="NAME,...", help="Comma-separated display names, one per input (default: the model names).")] = None,
+    label_names: LabelNames = None,
     reference: Annotated[Optional[str], typer.Option(
-        "--reference", help="The model the others are compared to: a name or a 1-based position (default: "
+        "--reference", metavar="NAME|N", help="The model the others are compared to: a name or a 1-based position (default: "
                             "the first input).")] = None,
     intersect: Annotated[bool, typer.Option(
         "--intersect", help="Compare on the records all inputs share when their record sets differ "
                             "(otherwise refused, with the counts).")] = False,
-    n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Paired bootstrap resamples.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the resamples.")] = 0,
-    report: Annotated[Optional[str], typer.Option("--report", help="Write the JSON report here ('-' for stdout).")] = None,
+    n_boot: NBoot = 1000,
+    seed: Seed = 0,
+    report: Report = None,
     figure: Annotated[Optional[str], typer.Option(
-        "--figure", help="Write the forest plot (differences with CIs per label) to this PNG.")] = None,
+        "--figure", metavar="PNG", help="Write the forest plot (differences with CIs per label) to this PNG.")] = None,
     as_json: Json = False,
 ) -> None:
     """Compare models on the same records: AUROC, AUPRC and F1 differences with paired CIs.
@@ -65,10 +63,10 @@ def compare(
     shown = [n.strip() for n in names.split(",")] if names else None
     models = cp.load_model_scores(list(inputs), shown)
     lab_tab = None
-    if labels:
-        lab_tab, _ = read_table(labels)
-    only = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
-    Y, M, used, info = cp.align(models, lab_tab, None, labels or "labels", intersect, only)
+    if label_table:
+        lab_tab, _ = read_table(label_table)
+    only = [c.strip() for c in label_names.split(",") if c.strip()] if label_names else None
+    Y, M, used, info = cp.align(models, lab_tab, None, label_table or "labels", intersect, only)
     ref = 0
     if reference is not None:
         by_name = [m.name for m in models]
@@ -98,32 +96,11 @@ def compare(
         forest_plot(rep, figure)
         rep["figure"] = figure
         log.info("wrote the forest plot to %s", figure)
-    text = json_text(rep)
-    if report and report != "-":
-        from ecgtool.io.files import write_bytes_atomic
-
-        write_bytes_atomic(report, (text + "\n").encode())
-        log.info("wrote the report to %s", report)
-    if as_json or report == "-":
-        typer.echo(text)
-    else:
-        _print(rep)
+    emit_report(rep, report, as_json, _print)
 
 
-def _cell(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    if m.get("ci"):
-        return f"{m['value']:.3f} ({m['ci'][0]:.2f}–{m['ci'][1]:.2f})"
-    return f"{m['value']:.3f}"
 
 
-def _delta(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    if m.get("ci"):
-        return f"{m['value']:+.3f} ({m['ci'][0]:+.2f} to {m['ci'][1]:+.2f})"
-    return f"{m['value']:+.3f}"
 
 
 def _print(rep: dict) -> None:
@@ -148,8 +125,8 @@ def _print(rep: dict) -> None:
         t.add_column(m["name"], justify="right", no_wrap=True)
     for name in rep["labels"]:
         c = rep["label_counts"][name]
-        t.add_row(name, f"{c['n']} ({c['n_pos']})", *[_cell(m["per_label"][name]["auroc"]) for m in rep["models"]])
-    t.add_row("[bold]macro[/bold]", "", *[_cell(m["macro"]["auroc"]) for m in rep["models"]])
+        t.add_row(name, f"{c['n']} ({c['n_pos']})", *[cell(m["per_label"][name]["auroc"]) for m in rep["models"]])
+    t.add_row("[bold]macro[/bold]", "", *[cell(m["macro"]["auroc"]) for m in rep["models"]])
     con.print(t)
     for d in rep["differences"]:
         t = Table(title=f"{d['model']} − {d['reference']}", box=None, pad_edge=False, header_style="bold")
@@ -158,8 +135,8 @@ def _print(rep: dict) -> None:
         for name in rep["labels"]:
             e = d["per_label"][name]
             dl = e["auroc"].get("delong") or {}
-            t.add_row(name, _delta(e["auroc"]), "n/a" if dl.get("p") is None else f"{dl['p']:.3g}",
-                      _delta(e["auprc"]), _delta(e["f1"]))
-        t.add_row("[bold]macro[/bold]", _delta(d["macro"]["auroc"]), "", _delta(d["macro"]["auprc"]),
-                  _delta(d["macro"]["f1"]))
+            t.add_row(name, delta(e["auroc"]), "n/a" if dl.get("p") is None else f"{dl['p']:.3g}",
+                      delta(e["auprc"]), delta(e["f1"]))
+        t.add_row("[bold]macro[/bold]", delta(d["macro"]["auroc"]), "", delta(d["macro"]["auprc"]),
+                  delta(d["macro"]["f1"]))
         con.print(t)

@@ -31,22 +31,22 @@ def convert(
     on_error: OnError = None,
     join: Annotated[
         Optional[List[str]],
-        typer.Option("--join", help="CSV of per-record columns to add (repeatable), e.g. ptbxl_database.csv "
-                     "or CinC 2017's REFERENCE.csv; rows match records by name or trailing path."),
+        typer.Option("--join", metavar="FILE", help="CSV of per-record columns to add (repeatable), e.g. "
+                     "ptbxl_database.csv or CinC 2017's REFERENCE.csv; rows match records by name or trailing path."),
     ] = None,
     join_key: Annotated[
         Optional[List[str]],
-        typer.Option("--join-on", "--join-key", metavar="COL", help="CSV column(s) holding the record key "
+        typer.Option("--join-on", metavar="COL", help="CSV column(s) holding the record key "
                      "(default: of record_id, record, ecg_id, id, filename_hr/filename_lr and the first column, "
-                     "the one matching most records; the rule is label --join's too). --join-key is the old name."),
+                     "the one matching most records; the rule is label --join's too)."),
     ] = None,
     fs: Annotated[
         Optional[float],
-        typer.Option("--fs", help="Sampling rate in Hz of .csv/.npy inputs; for EDF and MFER files, the rate every "
-                     "channel is resampled to (else one record per sampling rate)."),
+        typer.Option("--fs", metavar="HZ", help="Sampling rate in Hz of .csv/.npy inputs; for EDF and MFER files, "
+                     "the rate every channel is resampled to (else one record per sampling rate)."),
     ] = None,
     leads: Annotated[
-        Optional[str], typer.Option("--leads", help="Lead names of .csv/.npy inputs, e.g. I,II,V1.")
+        Optional[str], typer.Option("--leads", metavar="LEAD,...", help="Lead names of .csv/.npy inputs, e.g. I,II,V1.")
     ] = None,
     waveform: Annotated[
         Optional[str],
@@ -75,7 +75,7 @@ def convert(
     names, or relative paths when names collide.
 
     --join: a CSV row joins the record whose id, name, or trailing path
-    without extension equals the row's key (the --join-key column; by default
+    without extension equals the row's key (the --join-on column; by default
     filename_hr/filename_lr when present, as in PTB-XL, else the first column).
     A CSV whose first row already names a record has no header row (CinC
     2017's REFERENCE.csv: columns record, label). A joined column the table
@@ -97,10 +97,6 @@ def convert(
 
     errors = record_errors(on_error)
     lead_names = parse_lead_list(leads) if leads else None
-    from ecgtool.provenance import command_line
-
-    if any(a == "--join-key" or a.startswith("--join-key=") for a in command_line()[1:]):
-        log.warning("--join-key is now --join-on (the same option as label's); the old name goes in a later release")
     if fs is not None and any(Path(i).suffix.lower() not in (".csv", ".npy", ".edf", ".bdf", ".mwf", ".mfer")
                               for i in inputs):
         log.warning("--fs %g sets the rate of .csv/.npy inputs and resamples EDF/MFER channels; records that state "
@@ -126,7 +122,7 @@ def convert(
     for name, n in res.joined.items():
         if n == 0 and res.rows:
             log.warning("--join %s matched none of the %d records: its key column shares no id with them "
-                        "(give the column with --join-key; --on-error fail makes this an error)", name, res.rows)
+                        "(give the column with --join-on; --on-error fail makes this an error)", name, res.rows)
         else:
             log.info("joined %s to %d of %d records", name, n, res.rows)
     finish(errors, f"converted {res.rows} of {res.records} records")

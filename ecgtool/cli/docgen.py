@@ -151,8 +151,21 @@ def _page(cmd, path: str, subcommands: list[tuple[str, object]]) -> str:
         lines += [".SH EXAMPLES", ".nf", _esc(ex), ".fi"]
     if path == PROG:
         lines.append(OVERVIEW.strip())
+        lines += _renamed()
     lines += [".SH SEE ALSO", "\\fBecgtool\\fR(1), docs/format.md"]
     return "\n".join(lines) + "\n"
+
+
+def _renamed() -> list[str]:
+    """The old option spellings still accepted (cli/options.py's RENAMED)."""
+    from ecgtool.cli.options import RENAMED
+
+    lines = [".SH RENAMED OPTIONS", "An option has one name in every command. These old spellings are still accepted "
+             "for one release, each with a deprecation note on stderr:"]
+    for cmd, table in RENAMED.items():
+        for old, new in table.items():
+            lines += [".TP", f"\\fB{_esc(cmd)} {_esc(old)}\\fR", f"now {_esc(new)}"]
+    return lines
 
 
 def man_pages() -> dict[str, str]:

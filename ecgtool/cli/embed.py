@@ -9,26 +9,23 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, Output, OutputFormat, NoShard, Precision, Shard
+from ecgtool.cli.options import Inputs, ModelRun, model_run_options
 
 
 @app.command("embed")
+@model_run_options(batch_size=32)
 def embed(
     src: Inputs = None,
-    model: Model = None,
-    output: Output = "-",
-    output_format: OutputFormat = None,
-    pool: Annotated[str, typer.Option("--pool", help="Per record: mean or max over windows and segments; none: one row per window.")] = "mean",
+    pool: Annotated[str, typer.Option(
+        "--pool", metavar="mean|max|none",
+        help="Per record: mean or max over windows and segments; none: one row per window.")] = "mean",
     local: Annotated[bool, typer.Option("--local", help="Also write the per-frame (local) features as column 'local'.")] = False,
-    layer: Annotated[Optional[int], typer.Option("--layer", help="Features of this transformer layer / network stage (0-based; -1 = last).")] = None,
+    layer: Annotated[Optional[int], typer.Option(
+        "--layer", metavar="N",
+        help="Features of this transformer layer / network stage (0-based; -1 = last).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Random weights for the registered architecture -m NAME (default ecgtool-default), drawn from --seed: the untrained baseline of a pretrained model. Named as such in the output's metadata.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --random-init weights.")] = 0,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    batch_size: BatchSize = 32,
-    shard: Shard = None,
-    no_shard: NoShard = False,
-    on_error: OnError = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the --random-init weights.")] = 0,
+    run: ModelRun = None,
 ) -> None:
     """Embed ECGs with a model: one vector per record (or per window).
 
@@ -54,21 +51,21 @@ def embed(
 
     from ecgtool.io.stream import refuse_terminal
 
-    errors = record_errors(on_error)
-    sh = parse_shard(shard, use_env=not no_shard)
-    refuse_terminal(shard_path(output, sh))
+    errors = record_errors(run.on_error)
+    sh = parse_shard(run.shard, use_env=not run.no_shard)
+    refuse_terminal(shard_path(run.output, sh))
     if random_init:
         from ecgtool.models.apply import random_init_model
         from ecgtool.models.devices import resolve_device
 
-        dev = resolve_device(device)
-        net = random_init_model(model, seed).to(dev)
+        dev = resolve_device(run.device)
+        net = random_init_model(run.model, seed).to(dev)
     else:
-        net, dev = open_model(model, device)
-    with open_input(src, batch_size, errors) as reader:
-        stats = embed_table(reader, shard_path(output, sh), net, device=dev, precision=precision,
-                            batch_size=batch_size, pool=pool, local=local, layer=layer, shard=sh,
-                            errors=errors, fmt=output_format, argv=command_line(),
+        net, dev = open_model(run.model, run.device)
+    with open_input(src, run.batch_size, errors) as reader:
+        stats = embed_table(reader, shard_path(run.output, sh), net, device=dev, precision=run.precision,
+                            batch_size=run.batch_size, pool=pool, local=local, layer=layer, shard=sh,
+                            errors=errors, fmt=run.output_format, argv=command_line(),
                             batches=progress(reader, getattr(reader, "num_rows", None), "embed",
                                              count=lambda b: b.num_rows))
     finish(errors, f"embedded {stats.rows_in} rows ({stats.windows} windows) into {stats.rows_out} rows")

@@ -10,7 +10,9 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import Device, Input
+from ecgtool.cli.options import (Betas, CheckpointEvery, ClipNorm, Device, Eps, FoldColumn, Input, KeepCheckpoints,
+                                 LabelNames, LabelTable, MaxEpochs, MaxSteps, NoAmp, PatientColumn, Report, Resume,
+                                 Seed, TestFolds, TrainBatch, ValFolds, WeightDecay)
 from ecgtool.errors import UsageError
 
 log = logging.getLogger("ecgtool")
@@ -19,79 +21,77 @@ log = logging.getLogger("ecgtool")
 @app.command("finetune")
 def finetune(
     src: Input,
-    model: Annotated[str, typer.Option("-m", "--model", help="Checkpoint to start from (native .safetensors, "
+    model: Annotated[str, typer.Option("-m", "--model", metavar="MODEL", help="Checkpoint to start from (native .safetensors, "
                                        "fairseq .pt, ECGFounder .pth), or a registered name with --from-scratch.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The finetuned model (.safetensors).")],
-    labels_table: Annotated[Optional[str], typer.Option("--labels-table", "-l", help="Label table (from "
-                                                        "'ecgtool label') joined by record_id.")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label names: a subset of "
-                                                  "the label table, or label columns of the input table.")] = None,
-    task: Annotated[str, typer.Option("--task", help="multilabel (BCE with pos_weight), multiclass "
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="The finetuned model (.safetensors).")],
+    label_table: LabelTable = None,
+    label_names: LabelNames = None,
+    task: Annotated[str, typer.Option("--task", metavar="multilabel|multiclass|pu", help="multilabel (BCE with pos_weight), multiclass "
                                       "(cross-entropy) or pu (non-negative PU: 0 = unlabeled).")] = "multilabel",
-    mode: Annotated[str, typer.Option("--mode", help="full, frozen-features (conv extractor frozen, as "
+    mode: Annotated[str, typer.Option("--mode", metavar="full|frozen-features|linear", help="full, frozen-features (conv extractor frozen, as "
                                       "ECG-FM) or linear (linear probing).")] = "full",
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random initial weights (baselines for "
                                                "data-efficiency studies).")] = False,
     no_pos_weight: Annotated[bool, typer.Option("--no-pos-weight", help="Plain BCE (no pos_weight).")] = False,
-    pu_prior_scale: Annotated[float, typer.Option("--pu-prior-scale", help="PU class prior = this x the "
+    pu_prior_scale: Annotated[float, typer.Option("--pu-prior-scale", metavar="X", help="PU class prior = this x the "
                                                   "observed positive rate.")] = 1.0,
-    fold_column: Annotated[Optional[str], typer.Option("--fold-column", help="Split by this column "
-                                                       "(e.g. strat_fold).")] = None,
-    val_folds: Annotated[Optional[str], typer.Option("--val-folds", help="Fold values for validation.")] = None,
-    test_folds: Annotated[Optional[str], typer.Option("--test-folds", help="Fold values held out for test.")] = None,
-    group_column: Annotated[Optional[str], typer.Option("--group-column", help="Group the random split by this "
-                                                        "column (default patient_id, else record_id).")] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.1,
-    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.0,
+    fold_column: FoldColumn = None,
+    val_folds: ValFolds = None,
+    test_folds: TestFolds = None,
+    patient_column: PatientColumn = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", metavar="P", help="Without --fold-column: the "
+                                                "fraction of patients (records) drawn for validation.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", metavar="P", help="Without --fold-column: the "
+                                                 "fraction of patients (records) held out for test.")] = 0.0,
     lead_augment: Annotated[bool, typer.Option("--lead-augment", help="Single-lead models: train on Lead I "
                                                "rotated towards aVF (I cos t + aVF sin t).")] = False,
-    lead_augment_angles: Annotated[str, typer.Option("--lead-augment-angles", help="Rotation angles in "
+    lead_augment_angles: Annotated[str, typer.Option("--lead-augment-angles", metavar="DEG,...", help="Rotation angles in "
                                                      "degrees (each used with both signs).")] = "15,30,45",
-    lead_dropout: Annotated[float, typer.Option("--lead-dropout", help="Zero each lead of a training sample with "
+    lead_dropout: Annotated[float, typer.Option("--lead-dropout", metavar="P", help="Zero each lead of a training sample with "
                                                 "this probability (random lead masking), so the model works "
                                                 "with missing leads.")] = 0.0,
-    single_lead_prob: Annotated[float, typer.Option("--single-lead-prob", help="Zero all leads but one (chosen "
+    single_lead_prob: Annotated[float, typer.Option("--single-lead-prob", metavar="P", help="Zero all leads but one (chosen "
                                                     "among those with a signal) in this fraction of training "
                                                     "samples.")] = 0.0,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the head (and of the encoder unless "
+    batch_size: TrainBatch = 32,
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="Learning rate of the head (and of the encoder unless "
                                       "--lr-scales says otherwise).")] = 5e-5,
     lr_scales: Annotated[str, typer.Option("--lr-scales", metavar="UPPER,LOWER", help="Layer-wise learning rates: "
                                            "the upper and the lower half of the encoder train at --lr times these "
                                            "(the benchmark's 0.1,0.01 by default; 1,1: one learning rate).")] = "0.1,0.01",
-    alpha: Annotated[float, typer.Option("--alpha", help="Conformal miscoverage level calibrated on the validation "
+    alpha: Annotated[float, typer.Option("--alpha", metavar="ALPHA", help="Conformal miscoverage level calibrated on the validation "
                                          "split and stored in the model: prediction sets (multiclass) or a "
                                          "positive/negative/abstain decision per label that errs at most this "
                                          "often.")] = 0.1,
-    betas: Annotated[str, typer.Option("--betas")] = "0.9,0.98",
-    eps: Annotated[float, typer.Option("--eps")] = 1e-8,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", metavar="FLOAT", help="AdamW weight decay.")] = 0.0,
+    betas: Betas = "0.9,0.98",
+    eps: Eps = 1e-8,
+    weight_decay: WeightDecay = 0.0,
     schedule: Annotated[str, typer.Option("--schedule", metavar="constant|cosine", help="Learning rate over the run: "
                                           "constant, or a half cosine from --lr down to 0 at the last update "
                                           "(--max-steps, or --max-epochs epochs).")] = "constant",
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", metavar="N", help="Raise the learning rate "
                                               "linearly from 0 over the first N updates.")] = 0,
-    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-    patience: Annotated[int, typer.Option("--patience", help="Evaluations without a better validation "
+    max_epochs: MaxEpochs = None,
+    max_steps: MaxSteps = None,
+    patience: Annotated[int, typer.Option("--patience", metavar="N", help="Evaluations without a better validation "
                                           "macro AUPRC before stopping.")] = 5,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Updates between evaluations "
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", metavar="N", help="Updates between evaluations "
                                                       "(default: every epoch).")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Checkpoints and train_log.jsonl "
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", metavar="DIR", help="Checkpoints and train_log.jsonl "
                                                     "(default: OUTPUT without suffix + '.run').")] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 500,
-    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints")] = 2,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir exactly.")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    clip_norm: Annotated[float, typer.Option("--clip-norm")] = 0.0,
-    no_amp: Annotated[bool, typer.Option("--no-amp")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the run report (JSON) here.")] = None,
+    checkpoint_every: CheckpointEvery = 500,
+    keep_checkpoints: KeepCheckpoints = 2,
+    resume: Resume = False,
+    seed: Seed = 0,
+    clip_norm: ClipNorm = 0.0,
+    no_amp: NoAmp = False,
+    report: Report = None,
     device: Device = "auto",
 ) -> None:
     """Finetune a model on a labelled record or segment table; keep the best by validation macro AUPRC.
 
-    Labels come from a label table joined by record_id (--labels-table) or
-    from label columns of the input (--labels); null means unobserved (the
+    Labels come from a label table joined by record_id (-l/--label-table) or
+    from label columns of the input (--label-names); null means unobserved (the
     label is masked out of the loss); with --task multiclass, one column of
     class names (N, A, O, ...) becomes one class each. The input is a
     fixed-shape table ('ecgtool preprocess --preset' of the model's family).
@@ -110,12 +110,12 @@ def finetune(
           --fold-column strat_fold --val-folds 9 --test-folds 10 --max-epochs 2
       ecgtool finetune seg.parquet -m ecgfm-tiny --from-scratch -l labels.parquet --max-epochs 2 -o scratch.safetensors
       ecgtool finetune seg10.parquet -m ecgfounder.pth -l labels.parquet --task pu --mode linear -o lp.safetensors
-      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --labels label --task multiclass \\
+      ecgtool finetune cinc.parquet -m model.safetensors -l rhythm.parquet --label-names label --task multiclass \\
           --max-epochs 2 -o af.safetensors
       ecgtool finetune seg.parquet -m pretrained.safetensors -l labels.parquet --lr 1e-3 --lr-scales 0.1,0.01 \\
           --max-epochs 2 -o lw.safetensors
     """
-    from ecgtool.cli.common import parse_floats, parse_list, run_steps, training_status
+    from ecgtool.cli.common import emit_report, parse_floats, parse_list, run_steps, training_status
     from ecgtool.train.finetune import FinetuneConfig, Finetuner
     from ecgtool.train.loop import LoopConfig
 
@@ -123,11 +123,11 @@ def finetune(
         angles = tuple(float(a) for a in parse_list(lead_augment_angles))
     except ValueError:
         raise UsageError(f"--lead-augment-angles {lead_augment_angles!r}: expected numbers") from None
-    cfg = FinetuneConfig(task=task, mode=mode, labels=parse_list(labels) or None, pos_weight=not no_pos_weight,
+    cfg = FinetuneConfig(task=task, mode=mode, labels=parse_list(label_names) or None, pos_weight=not no_pos_weight,
                          pu_prior_scale=pu_prior_scale, lr=lr,
                          lr_scales=parse_floats(lr_scales, 2, "--lr-scales"), betas=parse_floats(betas, 2, "--betas"), eps=eps,
                          weight_decay=weight_decay, batch_size=batch_size, fold_column=fold_column,
-                         val_folds=parse_list(val_folds), test_folds=parse_list(test_folds), group_column=group_column,
+                         val_folds=parse_list(val_folds), test_folds=parse_list(test_folds), group_column=patient_column,
                          val_fraction=val_fraction, test_fraction=test_fraction, lead_augment=lead_augment,
                          lead_augment_angles=angles, lead_dropout=lead_dropout,
                          single_lead_prob=single_lead_prob, alpha=alpha,
@@ -140,7 +140,7 @@ def finetune(
                       patience=patience, clip_norm=clip_norm, amp=not no_amp)
     loop.check()
     cfg.check()
-    ft = Finetuner(src, model, output, labels=labels_table, cfg=cfg, loop=loop, device=device,
+    ft = Finetuner(src, model, output, labels=label_table, cfg=cfg, loop=loop, device=device,
                    from_scratch=from_scratch, run_dir=rd)
     r = ft.report
     if ft.dist.is_main:
@@ -162,6 +162,4 @@ def finetune(
             log.info("finetune: test macro AUPRC %.4f, macro AUROC %.4f", result["test"]["macro_auprc"],
                      result["test"]["macro_auroc"])
         if report is not None:
-            from ecgtool.io.files import json_text
-
-            report.write_text(json_text(result) + "\n")
+            emit_report(result, report, False, None)

@@ -9,7 +9,7 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.options import Input
+from ecgtool.cli.options import Input, LabelTable, PatientColumn
 
 
 @app.command("index")
@@ -17,14 +17,14 @@ def index(
     src: Input = "-",
     output: Annotated[str, typer.Option("-o", "--output", metavar="INDEX", help="The index file to write (or, with --append, to grow).")] = "",
     append: Annotated[bool, typer.Option("--append", help="Add the embeddings to the existing index -o INDEX (no rebuild; same model and dimension).")] = False,
-    kind: Annotated[str, typer.Option("--kind", help="auto (exact up to 50,000 rows, else hnsw), exact (brute force, NumPy), or hnsw (faiss graph; needs the 'retrieval' extra).")] = "auto",
-    metric: Annotated[Optional[str], typer.Option("--metric", help="cosine or l2 (default: the model card's, else cosine).")] = None,
-    labels: Annotated[Optional[str], typer.Option("-l", "--labels", help="Label table joined by record_id; its columns are kept for --vote.")] = None,
-    patient_column: Annotated[str, typer.Option("--patient-column", help="Column with the patient id (for search --same-patient).")] = "patient_id",
-    date_column: Annotated[Optional[str], typer.Option("--date-column", help="Column with the recording date (default: the first of recording_date, acquisition_date, date, ... present).")] = None,
-    hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=4, help="hnsw: links per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="hnsw: candidate list while building (higher: better graph, slower build).")] = 80,
-    ef_search: Annotated[int, typer.Option("--ef-search", min=1, help="hnsw: default candidate list while searching (search --ef overrides it).")] = 128,
+    kind: Annotated[str, typer.Option("--kind", metavar="auto|exact|hnsw", help="auto (exact up to 50,000 rows, else hnsw), exact (brute force, NumPy), or hnsw (faiss graph; needs the 'retrieval' extra).")] = "auto",
+    metric: Annotated[Optional[str], typer.Option("--metric", metavar="cosine|l2", help="cosine or l2 (default: the model card's, else cosine).")] = None,
+    label_table: LabelTable = None,
+    patient_column: PatientColumn = "patient_id",
+    date_column: Annotated[Optional[str], typer.Option("--date-column", metavar="COL", help="Column with the recording date (default: the first of recording_date, acquisition_date, date, ... present).")] = None,
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=4, metavar="M", help="hnsw: links per node.")] = 32,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, metavar="N", help="hnsw: candidate list while building (higher: better graph, slower build).")] = 80,
+    ef_search: Annotated[int, typer.Option("--ef-search", min=1, metavar="N", help="hnsw: default candidate list while searching (search --ef overrides it).")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Embedding rows read per batch.")] = 4096,
 ) -> None:
     """Build a nearest-neighbour index over an embedding table (any model's).
@@ -32,13 +32,13 @@ def index(
     The index file keeps the vectors (or a faiss HNSW graph), the model and
     its input contract, the embedding table's provenance, and the metadata
     columns (record id, segment, patient id, dates, labels) that search
-    returns. Rows with NaN embeddings are skipped and named. --append adds
+    returns (a label table's columns are kept for search --vote). Rows with NaN embeddings are skipped and named. --append adds
     embeddings of the same model without rebuilding. See docs/retrieval.md.
 
     \b
     Examples:
       ecgtool index emb.parquet -o ptbxl.ecgidx
-      ecgtool index emb.parquet --labels labels.parquet -o ptbxl.ecgidx
+      ecgtool index emb.parquet -l labels.parquet -o ptbxl.ecgidx
       ecgtool index new_emb.parquet --append -o ptbxl.ecgidx
       ecgtool index emb.parquet --kind hnsw --metric l2 -@ 2 -o l2.ecgidx
     """
@@ -51,13 +51,13 @@ def index(
     if not output or output == "-":
         raise UsageError("give the index file with -o INDEX", "an index is a file, not a stream")
     lab = None
-    if labels:
-        lt, lm = read_table(labels)
-        lab = (lt, lm.info.get("label_names"))
+    if label_table:
+        lt, lm = read_table(label_table)
+        lab = (lt, lm.label_names)
     params = {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
     with open_table(src, batch_size=batch_size, threads=default_threads()) as reader:
         stats = build_index(reader, output, src_name=reader.name, kind=kind, metric=metric, labels=lab,
-                            labels_name=labels or "labels", patient_column=patient_column,
+                            labels_name=label_table or "labels", patient_column=patient_column,
                             date_column=date_column, append=append, params=params,
                             threads=default_threads(64), argv=command_line())
     import logging

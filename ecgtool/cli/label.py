@@ -19,35 +19,45 @@ def label(
     output: Output = "-",
     output_format: OutputFormat = None,
     vocab: Annotated[Optional[str], typer.Option(
-        "--vocab", help="Target vocabulary: a name (see --list-vocabs) or a .json/.txt file. "
+        "--vocab", metavar="NAME|FILE", help="Target vocabulary: a name (see --list-vocabs) or a .json/.txt file. "
         "Default: ptbxl-superclass for SCP codes, cinc2017 for classes, snomed for codes, concepts for text.")] = None,
     text_column: Annotated[Optional[List[str]], typer.Option(
-        "--text-column", help="Free-text column(s) (header diagnoses, report lines); repeatable.")] = None,
+        "--text-column", metavar="COL",
+        help="Free-text column(s) (header diagnoses, report lines); repeatable.")] = None,
     codes_column: Annotated[Optional[str], typer.Option(
-        "--codes-column", help="SNOMED CT code list column (CinC 2020/2021 '# Dx:'; default: dx).")] = None,
+        "--codes-column", metavar="COL",
+        help="SNOMED CT code list column (CinC 2020/2021 '# Dx:'; default: dx).")] = None,
     scp_column: Annotated[Optional[str], typer.Option(
-        "--scp-column", help="PTB-XL SCP codes with likelihoods (default: scp_codes).")] = None,
+        "--scp-column", metavar="COL", help="PTB-XL SCP codes with likelihoods (default: scp_codes).")] = None,
     class_column: Annotated[Optional[str], typer.Option(
-        "--class-column", help="CinC 2017 class column (N, A, O, ~).")] = None,
+        "--class-column", metavar="COL", help="CinC 2017 class column (N, A, O, ~).")] = None,
     id_column: Annotated[Optional[str], typer.Option(
-        "--id-column", help="Record id column (default: record_id).")] = None,
+        "--id-column", metavar="COL",
+        help="Record id column (default: the first of record_id, record, ecg_id, ID, id the input has).")] = None,
     split_column: Annotated[Optional[str], typer.Option(
-        "--split-column", help="Report counts, prevalence and pos_weight per value of this column (e.g. strat_fold).")] = None,
+        "--split-column", metavar="COL",
+        help="Report counts, prevalence and pos_weight per value of this column (e.g. strat_fold).")] = None,
     min_likelihood: Annotated[float, typer.Option(
-        "--min-likelihood", min=0, max=100,
-        help="PTB-XL: drop SCP statements with likelihood below this (0 = unknown likelihood, always kept).")] = 0.0,
+        "--min-likelihood", min=0, max=100, metavar="PCT",
+        help="PTB-XL: drop SCP statements whose likelihood (0-100 %) is below this; likelihood 0 means unknown "
+        "and is always kept.")] = 0.0,
     uncertain: Annotated[str, typer.Option(
-        "--uncertain", help="Uncertain findings ('possible', 'probable', SCP likelihood < 100): positive, negative or missing.")] = "positive",
+        "--uncertain", metavar="positive|negative|missing",
+        help="Uncertain findings ('possible', 'probable', SCP likelihood < 100): positive, negative or missing.")
+    ] = "positive",
     weights: Annotated[bool, typer.Option(
         "--weights", help="Add a '<label>__w' float column per label (uncertainty weight of a positive; 1 otherwise).")] = False,
     no_hierarchy: Annotated[bool, typer.Option(
         "--no-hierarchy", help="Do not let a finding imply its ancestors.")] = False,
     join: Annotated[Optional[str], typer.Option(
-        "--join", help="CSV with per-record metadata (ptbxl_database.csv, REFERENCE.csv, ludb.csv) joined by record id.")] = None,
+        "--join", metavar="FILE",
+        help="CSV with per-record metadata (ptbxl_database.csv, REFERENCE.csv, ludb.csv) joined by record id.")
+    ] = None,
     join_on: Annotated[Optional[str], typer.Option(
-        "--join-on", help="Record id column of the --join CSV (default: the one that matches most ids).")] = None,
+        "--join-on", metavar="COL",
+        help="Record id column of the --join CSV (default: the one that matches most ids).")] = None,
     report: Annotated[Optional[str], typer.Option(
-        "--report", help="Write the label-definition report to FILE.json or FILE.csv.")] = None,
+        "--report", metavar="FILE", help="Write the label-definition report to FILE.json or FILE.csv.")] = None,
     report_only: Annotated[bool, typer.Option(
         "--report-only", help="Print the report; write no label table.")] = False,
     list_vocabs: Annotated[bool, typer.Option(

@@ -179,7 +179,7 @@ def import_(
     src: Annotated[str, typer.Argument(help="A released checkpoint file or model folder.", metavar="FILE")],
     output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="The .safetensors file to write.")],
     labels: Annotated[Optional[str], typer.Option(
-        "--labels", metavar="NAMES", help="Names of the outputs, in order: comma-separated, a text file with one "
+        "--label-names", metavar="NAME,...", help="Names of the outputs, in order: comma-separated, a text file with one "
         "per line, or a vocabulary ('ecgfm-17', alias 'mimic-iv-ecg': the released ECG-FM classifier's 17). "
         "fairseq-signals files carry none.")] = None,
     settings: Set = None,
@@ -195,8 +195,8 @@ def import_(
     Examples:
       ecgtool models import 12_lead_ECGFounder.pth -o ecgfounder-12lead.safetensors
       ecgtool models import mimic_iv_ecg_physionet_pretrained.pt -o ecgfm-base.safetensors
-      ecgtool models import mimic_iv_ecg_finetuned.pt --labels mimic-iv-ecg -o ecgfm-mimic17.safetensors
-      ecgtool models import my_finetuned.pt --labels NORM,MI,STTC,CD,HYP -o mine.safetensors
+      ecgtool models import mimic_iv_ecg_finetuned.pt --label-names mimic-iv-ecg -o ecgfm-mimic17.safetensors
+      ecgtool models import my_finetuned.pt --label-names NORM,MI,STTC,CD,HYP -o mine.safetensors
     """
     from ecgtool.models.checkpoint import import_released, parse_label_names
 

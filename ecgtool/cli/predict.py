@@ -9,27 +9,26 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Inputs, Model, OnError, OutputFormat, NoShard, Precision, Shard
+from ecgtool.cli.options import Inputs, ModelRun, model_run_options
+
+PredictOutput = Annotated[
+    str, typer.Option("-o", "--output", metavar="FILE", help="Output table; default: a summary on a terminal, else stdout.")
+]
 
 
 @app.command("predict")
+@model_run_options(batch_size=32, output=PredictOutput, output_default="")
 def predict(
     src: Inputs = None,
-    model: Model = None,
-    output: Annotated[
-        str, typer.Option("-o", "--output", help="Output table; default: a summary on a terminal, else stdout.")
-    ] = "",
-    output_format: OutputFormat = None,
-    aggregate: Annotated[str, typer.Option("--aggregate", help="Per record over windows and segments: mean or max (the checkpoint may set some labels to max); none: one row per window.")] = "mean",
-    top: Annotated[int, typer.Option("--top", help="Summary: also show this many most probable labels.")] = 5,
+    aggregate: Annotated[str, typer.Option(
+        "--aggregate", metavar="mean|max|none",
+        help="Per record over windows and segments: mean or max (the checkpoint may set some labels to max); "
+        "none: one row per window.")] = "mean",
+    top: Annotated[int, typer.Option("--top", metavar="N",
+                                     help="Summary: also show this many most probable labels.")] = 5,
     example: Annotated[bool, typer.Option("--example", help="Predict on the example records bundled with ecgtool (four PTB-XL ECGs).")] = False,
     crops: Annotated[Optional[int], typer.Option("--crops", metavar="K", help="Test-time averaging: K evenly spaced windows of each record longer than the model's window (overlapping where needed), averaged, instead of its non-overlapping windows. The records of a batch need one length (e.g. PTB-XL's 10 s; else 'ecgtool preprocess --length' first).")] = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    batch_size: BatchSize = 32,
-    shard: Shard = None,
-    no_shard: NoShard = False,
-    on_error: OnError = None,
+    run: ModelRun = None,
 ) -> None:
     """Predict labels: one probability per label, and the findings above threshold.
 
@@ -66,18 +65,18 @@ def predict(
             raise UsageError(f"--example predicts on the bundled example records, so it takes no input ({' '.join(src)})",
                              "leave out --example to predict on your file")
         src = [str(EXAMPLES)]
-    errors = record_errors(on_error)
-    sh = parse_shard(shard, use_env=not no_shard)
-    summary = output == "" and sys.stdout.isatty()
-    net, dev = open_model(model, device)
+    errors = record_errors(run.on_error)
+    sh = parse_shard(run.shard, use_env=not run.no_shard)
+    summary = run.output == "" and sys.stdout.isatty()
+    net, dev = open_model(run.model, run.device)
     with tempfile.TemporaryDirectory(prefix="ecgtool-predict-") as tmp:
-        dest = f"{tmp}/pred.arrow" if summary else shard_path(output or "-", sh)
+        dest = f"{tmp}/pred.arrow" if summary else shard_path(run.output or "-", sh)
         from ecgtool.errors import InputError
 
-        with open_input(src, batch_size, errors) as reader:
+        with open_input(src, run.batch_size, errors) as reader:
             try:
-                stats = predict_table(reader, dest, net, device=dev, precision=precision, batch_size=batch_size,
-                                      aggregate=aggregate, shard=sh, errors=errors, fmt=output_format, crops=crops,
+                stats = predict_table(reader, dest, net, device=dev, precision=run.precision, batch_size=run.batch_size,
+                                      aggregate=aggregate, shard=sh, errors=errors, fmt=run.output_format, crops=crops,
                                       argv=command_line(), batches=progress(reader, getattr(reader, "num_rows", None),
                                                                       "predict", count=lambda b: b.num_rows))
             except InputError as exc:
@@ -95,11 +94,11 @@ def _print_summary(path: str, top: int) -> None:
     from ecgtool.io import read_table
 
     table, meta = read_table(path)
-    names = meta.info["label_names"]
-    thr = dict(zip(names, meta.info["thresholds"]))
+    names = meta.label_names
+    thr = dict(zip(names, meta.thresholds))
     con = console()
-    con.print(f"model: {meta.info.get('model')}")
-    conf = meta.info.get("conformal")
+    con.print(f"model: {meta.model}")
+    conf = meta.conformal
     level = f"{100 * (1 - conf['alpha']):g}%" if conf else None
     for row in table.to_pylist():
         con.print(f"\n[bold]{row['record_id']}[/bold]")

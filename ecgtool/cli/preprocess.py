@@ -46,32 +46,85 @@ def preprocess(
     src: Input = "-",
     output: Output = "-",
     output_format: OutputFormat = None,
-    preset: Annotated[Optional[Preset], _opt("--preset", help="A published pipeline, from the model cards ('ecgtool models info NAME' shows which model takes which); other options override its values.")] = None,
-    rename: Annotated[Optional[list[str]], _opt("--rename", help="Rename a lead before selection, OLD=NEW (repeatable), e.g. ECG=I for CinC 2017's AliveCor lead I.")] = None,
-    leads: Annotated[Optional[str], _opt("--leads", help="Output leads in order: '12', 'I,II,V1', 'limb', ... (default: the first record's).")] = None,
-    derive: Annotated[Optional[bool], typer.Option("--derive/--no-derive", help="Derive III, aVR, aVL, aVF from I and II when absent (default on).")] = None,
-    missing: Annotated[Optional[str], _opt("--missing", help="Leads a record lacks: zero (zero-fill, lead_mask False) or drop (drop the record).")] = None,
-    fs: Annotated[Optional[float], _opt("--fs", help="Output sampling rate in Hz (records at this rate are untouched).")] = None,
-    resample_method: Annotated[Optional[str], _opt("--resample-method", help="linear (ECG-FM's interpolation), poly (scipy resample_poly, anti-aliased) or fft (scipy resample, Fourier).")] = None,
-    filter_set: Annotated[Optional[str], _opt("--filter", help="none: no band-pass, notch or baseline removal; ecgfounder: ECGFounder's filters. Options below override.")] = None,
-    bandpass: Annotated[Optional[str], _opt("--bandpass", help="LOW,HIGH band-pass in Hz (Butterworth, zero-phase), or none.")] = None,
-    bandpass_design: Annotated[Optional[str], _opt("--bandpass-design", help="butter (one Butterworth band-pass), butter-hp-lp (Butterworth high-pass then low-pass) or fir (FIR, int(0.3 fs) taps, filtfilt).")] = None,
-    filter_order: Annotated[Optional[int], _opt("--filter-order", help="Butterworth order of the band-pass / high-pass.", min=1)] = None,
-    notch: Annotated[Optional[str], _opt("--notch", help="Mains notch: 50, 60 or none.")] = None,
-    notch_q: Annotated[Optional[float], _opt("--notch-q", help="Quality factor of the notch.")] = None,
-    baseline: Annotated[Optional[str], _opt("--baseline", help="Baseline-wander removal: median (running median), highpass or none.")] = None,
-    baseline_window: Annotated[Optional[float], _opt("--baseline-window", help="Median window in seconds (0.4 = ECGFounder's).")] = None,
-    highpass_hz: Annotated[Optional[float], _opt("--highpass-hz", help="Cut-off of --baseline highpass, Hz.")] = None,
-    normalise: Annotated[Optional[str], _opt("--normalise", "--normalize", help="per-lead-zscore, record-zscore, record-minmax ([0, 1] over the record), lead-minmax ([-1, 1] per lead) or none.")] = None,
-    norm_scope: Annotated[Optional[str], _opt("--norm-scope", help="record: statistics over the whole record before cropping/windowing; output: over each output row.")] = None,
-    length: Annotated[Optional[float], _opt("--length", help="Crop / zero-pad every record to this many seconds.")] = None,
-    crop: Annotated[Optional[str], _opt("--crop", help="Which part --length keeps: start or center.")] = None,
-    segment: Annotated[Optional[float], _opt("--segment", help="Cut into non-overlapping windows of this many seconds (remainder dropped).")] = None,
-    hop: Annotated[Optional[float], _opt("--hop", help="With --segment: start a window every this many seconds (overlapping windows when shorter than --segment; e.g. more training windows).")] = None,
-    short: Annotated[Optional[str], _opt("--short", help="Records shorter than one window: skip (a per-record error) or pad (zero-pad to one window).")] = None,
-    nan: Annotated[Optional[str], _opt("--nan", help="NaN samples (always flagged in q_nan): zero (replace by 0) or drop the record.")] = None,
-    drop_flagged: Annotated[Optional[str], _opt("--drop-flagged", help="Drop records with these quality flags: nan,flat,clipping,amplitude or all.")] = None,
-    precision: Annotated[Optional[str], _opt("--precision", help="Round output samples to float16 or bfloat16 precision (still stored as float32; compresses to about half / 40%). Default float32.")] = None,
+    preset: Annotated[Optional[Preset], _opt(
+        "--preset", metavar="NAME",
+        help="A published pipeline, from the model cards ('ecgtool models info NAME' shows which model takes which): "
+        f"{', '.join(p.value for p in Preset)}; other options override its values.")] = None,
+    rename: Annotated[Optional[list[str]], _opt(
+        "--rename", metavar="OLD=NEW",
+        help="Rename a lead before selection, OLD=NEW (repeatable), e.g. ECG=I for CinC 2017's AliveCor lead I.")
+    ] = None,
+    leads: Annotated[Optional[str], _opt(
+        "--leads", metavar="LEAD,...",
+        help="Output leads in order: '12', 'I,II,V1', 'limb', ... (default: the first record's).")] = None,
+    derive: Annotated[Optional[bool], typer.Option(
+        "--derive/--no-derive", help="Derive III, aVR, aVL, aVF from I and II when absent (default on).")] = None,
+    missing: Annotated[Optional[str], _opt(
+        "--missing", metavar="zero|drop",
+        help="Leads a record lacks: zero (zero-fill, lead_mask False) or drop (drop the record).")] = None,
+    fs: Annotated[Optional[float], _opt(
+        "--fs", metavar="HZ", help="Output sampling rate in Hz (records at this rate are untouched).")] = None,
+    resample_method: Annotated[Optional[str], _opt(
+        "--resample-method", metavar="linear|poly|fft",
+        help="linear (ECG-FM's interpolation), poly (scipy resample_poly, anti-aliased) or fft (scipy resample, "
+        "Fourier).")] = None,
+    filter_set: Annotated[Optional[str], _opt(
+        "--filter", metavar="none|ecgfounder",
+        help="none: no band-pass, notch or baseline removal; ecgfounder: ECGFounder's filters. "
+        "Options below override.")] = None,
+    bandpass: Annotated[Optional[str], _opt(
+        "--bandpass", metavar="LOW,HIGH",
+        help="LOW,HIGH band-pass in Hz, zero-phase (see --bandpass-design), or none.")] = None,
+    bandpass_design: Annotated[Optional[str], _opt(
+        "--bandpass-design", metavar="butter|butter-hp-lp|fir",
+        help="butter (one Butterworth band-pass), butter-hp-lp (Butterworth high-pass then low-pass) "
+        "or fir (FIR, int(0.3 fs) taps, filtfilt).")] = None,
+    filter_order: Annotated[Optional[int], _opt(
+        "--filter-order", metavar="N", help="Butterworth order of the band-pass / high-pass.", min=1)] = None,
+    notch: Annotated[Optional[str], _opt(
+        "--notch", metavar="HZ|none", help="Mains notch at this frequency in Hz (usually 50 or 60), or none.")] = None,
+    notch_q: Annotated[Optional[float], _opt(
+        "--notch-q", metavar="Q", help="Quality factor of the notch (centre frequency / bandwidth).")] = None,
+    baseline: Annotated[Optional[str], _opt(
+        "--baseline", metavar="none|median|highpass",
+        help="Baseline-wander removal: median (running median), highpass or none.")] = None,
+    baseline_window: Annotated[Optional[float], _opt(
+        "--baseline-window", metavar="S",
+        help="Window of --baseline median in seconds (0.4 = ECGFounder's).")] = None,
+    highpass_hz: Annotated[Optional[float], _opt(
+        "--highpass-hz", metavar="HZ", help="Cut-off of --baseline highpass, Hz.")] = None,
+    normalise: Annotated[Optional[str], _opt(
+        "--normalise", "--normalize", metavar="METHOD",
+        help="per-lead-zscore, record-zscore, record-minmax ([0, 1] over the record), lead-minmax ([-1, 1] per lead) "
+        "or none.")] = None,
+    norm_scope: Annotated[Optional[str], _opt(
+        "--norm-scope", metavar="record|output",
+        help="record: statistics over the whole record before cropping/windowing; output: over each output row.")
+    ] = None,
+    length: Annotated[Optional[float], _opt(
+        "--length", metavar="S", help="Crop / zero-pad every record to this many seconds.")] = None,
+    crop: Annotated[Optional[str], _opt(
+        "--crop", metavar="start|center", help="Which part --length keeps: start or center.")] = None,
+    segment: Annotated[Optional[float], _opt(
+        "--segment", metavar="S",
+        help="Cut into non-overlapping windows of this many seconds (remainder dropped).")] = None,
+    hop: Annotated[Optional[float], _opt(
+        "--hop", metavar="S",
+        help="With --segment: start a window every this many seconds (overlapping windows when shorter than "
+        "--segment; e.g. more training windows).")] = None,
+    short: Annotated[Optional[str], _opt(
+        "--short", metavar="skip|pad",
+        help="Records shorter than one window: skip (a per-record error) or pad (zero-pad to one window).")] = None,
+    nan: Annotated[Optional[str], _opt(
+        "--nan", metavar="zero|drop",
+        help="NaN samples (always flagged in q_nan): zero (replace by 0) or drop the record.")] = None,
+    drop_flagged: Annotated[Optional[str], _opt(
+        "--drop-flagged", metavar="FLAG,...",
+        help="Drop records with these quality flags: nan,flat,clipping,amplitude or all.")] = None,
+    precision: Annotated[Optional[str], _opt(
+        "--precision", metavar="float32|float16|bfloat16",
+        help="Round output samples to float16 or bfloat16 precision (still stored as float32; compresses to about "
+        "half / 40%). Default float32.")] = None,
     batch_size: BatchSize = 64,
     shard: Shard = None,
     no_shard: NoShard = False,

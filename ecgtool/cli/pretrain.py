@@ -10,7 +10,8 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import Device, Input
+from ecgtool.cli.options import (Betas, CheckpointEvery, ClipNorm, Device, Eps, Input, KeepCheckpoints, MaxEpochs,
+                                 MaxSteps, NoAmp, Resume, Seed, WeightDecay)
 
 log = logging.getLogger("ecgtool")
 
@@ -18,42 +19,48 @@ log = logging.getLogger("ecgtool")
 @app.command("pretrain")
 def pretrain(
     src: Input,
-    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Run folder: checkpoints/, "
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", metavar="DIR", help="Run folder: checkpoints/, "
                                              "train_log.jsonl and the final model.safetensors.")],
-    model: Annotated[str, typer.Option("-m", "--model", help="Registered ECG-FM variant (random init) "
+    model: Annotated[str, typer.Option("-m", "--model", metavar="MODEL", help="Registered ECG-FM variant (random init) "
                                        "or a pretraining checkpoint to continue from.")] = "ecgfm-base",
     no_w2v: Annotated[bool, typer.Option("--no-w2v", help="Drop the wav2vec 2.0 loss.")] = False,
     no_cmsc: Annotated[bool, typer.Option("--no-cmsc", help="Drop CMSC (then items are single segments).")] = False,
     no_rlm: Annotated[bool, typer.Option("--no-rlm", help="No random lead masking.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per process and update "
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Items per process and update "
                                             "(segment pairs with CMSC, segments without).")] = 64,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many updates.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Stop after this many epochs "
-                                                      "(default 200 when --max-steps is not given).")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate (fixed).")] = 5e-5,
-    betas: Annotated[str, typer.Option("--betas", help="Adam betas.")] = "0.9,0.98",
-    eps: Annotated[float, typer.Option("--eps", help="Adam epsilon.")] = 1e-6,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay.")] = 0.01,
-    mask_prob: Annotated[float, typer.Option("--mask-prob", help="Span-start probability.")] = 0.65,
-    mask_length: Annotated[int, typer.Option("--mask-length", help="Span length in frames.")] = 10,
-    min_masks: Annotated[int, typer.Option("--min-masks", help="Minimum spans per segment.")] = 2,
-    num_negatives: Annotated[int, typer.Option("--num-negatives", help="Distractors per masked frame.")] = 100,
-    logit_temp: Annotated[float, typer.Option("--logit-temp", help="InfoNCE temperature.")] = 0.1,
-    latent_temp: Annotated[str, typer.Option("--latent-temp", help="Gumbel temperature max,min,decay.")]
+    max_steps: MaxSteps = None,
+    max_epochs: MaxEpochs = None,
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="Learning rate (fixed).")] = 5e-5,
+    betas: Betas = "0.9,0.98",
+    eps: Eps = 1e-6,
+    weight_decay: WeightDecay = 0.01,
+    mask_prob: Annotated[float, typer.Option("--mask-prob", metavar="P", help="wav2vec 2.0 masking: about this "
+                                             "fraction of frames is masked before overlapping spans merge "
+                                             "(P x frames / --mask-length spans).")] = 0.65,
+    mask_length: Annotated[int, typer.Option("--mask-length", metavar="N", help="Span length in frames.")] = 10,
+    min_masks: Annotated[int, typer.Option("--min-masks", metavar="N", help="Minimum spans per segment.")] = 2,
+    num_negatives: Annotated[int, typer.Option("--num-negatives", metavar="N", help="InfoNCE distractors per masked "
+                                               "frame, drawn from the other masked frames of its segment.")] = 100,
+    logit_temp: Annotated[float, typer.Option("--logit-temp", metavar="T", help="InfoNCE temperature (cosine "
+                                              "similarities are divided by it).")] = 0.1,
+    latent_temp: Annotated[str, typer.Option("--latent-temp", metavar="MAX,MIN,DECAY", help="Gumbel-softmax "
+                                             "temperature of the quantizer: max(MAX x DECAY^updates, MIN).")]
     = "2,0.5,0.999995",
-    diversity_weight: Annotated[float, typer.Option("--diversity-weight")] = 0.1,
-    feature_penalty_weight: Annotated[float, typer.Option("--feature-penalty-weight")] = 10.0,
-    cmsc_weight: Annotated[float, typer.Option("--cmsc-weight")] = 1.0,
-    cmsc_temp: Annotated[float, typer.Option("--cmsc-temp", help="CMSC temperature.")] = 0.1,
-    rlm_prob: Annotated[float, typer.Option("--rlm-prob", help="Probability of zeroing each lead.")] = 0.5,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Updates between checkpoints.")]
-    = 1000,
-    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints", help="Checkpoints kept.")] = 2,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir exactly "
-                                         "where its last checkpoint left off.")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    clip_norm: Annotated[float, typer.Option("--clip-norm", help="Gradient clipping (0: none).")] = 0.0,
-    no_amp: Annotated[bool, typer.Option("--no-amp", help="fp32 on CUDA instead of bf16 autocast.")] = False,
+    diversity_weight: Annotated[float, typer.Option("--diversity-weight", metavar="X", help="Weight of the codebook "
+                                                    "diversity loss (G*V - perplexity) / (G*V).")] = 0.1,
+    feature_penalty_weight: Annotated[float, typer.Option("--feature-penalty-weight", metavar="X", help="Weight of "
+                                                          "the penalty on the mean squared conv features.")] = 10.0,
+    cmsc_weight: Annotated[float, typer.Option("--cmsc-weight", metavar="X",
+                                               help="Weight of the CMSC loss in the total.")] = 1.0,
+    cmsc_temp: Annotated[float, typer.Option("--cmsc-temp", metavar="T", help="CMSC temperature.")] = 0.1,
+    rlm_prob: Annotated[float, typer.Option("--rlm-prob", metavar="P", help="Probability of zeroing each lead "
+                                            "of each segment.")] = 0.5,
+    checkpoint_every: CheckpointEvery = 1000,
+    keep_checkpoints: KeepCheckpoints = 2,
+    resume: Resume = False,
+    seed: Seed = 0,
+    clip_norm: ClipNorm = 0.0,
+    no_amp: NoAmp = False,
     device: Device = "auto",
 ) -> None:
     """Pretrain an ECG-FM transformer on a segment table (wav2vec 2.0 + CMSC + RLM, as published).

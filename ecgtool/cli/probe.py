@@ -11,7 +11,9 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.options import Device, Input, Json
+from ecgtool.cli.common import cell, delta, emit_report
+from ecgtool.cli.options import (Device, FoldColumn, Input, Json, LabelNames, LabelTable, NBoot, PatientColumn, Report,
+                                 Seed, TestFolds, ValFolds)
 
 log = logging.getLogger("ecgtool")
 
@@ -19,51 +21,45 @@ log = logging.getLogger("ecgtool")
 @app.command("probe")
 def probe(
     src: Input = "-",
-    labels: Annotated[Optional[str], typer.Option(
-        "-l", "--labels", help="Label table (record_id + one 1/0/empty column per label), joined by record_id.")] = None,
-    label_cols: Annotated[Optional[str], typer.Option(
-        "--label-cols", help="Comma-separated label columns (default: the label table's label_names).")] = None,
+    label_table: LabelTable = None,
+    label_names: LabelNames = None,
     multiclass: Annotated[bool, typer.Option(
         "--multiclass", help="Labels are exclusive: one softmax probe (one column of class names, "
                              "or one-hot columns).")] = False,
-    fold_col: Annotated[Optional[str], typer.Option(
-        "--fold-col", help="Column with a fold per record (e.g. strat_fold).")] = None,
-    test_fold: Annotated[str, typer.Option("--test-fold", help="Fold(s) reported on, e.g. 10 or 8,9,10.")] = "10",
-    val_fold: Annotated[str, typer.Option(
-        "--val-fold", help="Fold(s) used to choose C, the threshold and the temperature, e.g. 9 or 6,7.")] = "9",
-    group_col: Annotated[Optional[str], typer.Option(
-        "--group-col", help="Group column for cross-validation (a patient never spans two folds).")] = None,
-    cv: Annotated[Optional[int], typer.Option("--cv", min=3, help="Number of grouped cross-validation folds.")] = None,
+    fold_column: FoldColumn = None,
+    test_folds: TestFolds = "10",
+    val_folds: ValFolds = "9",
+    patient_column: PatientColumn = None,
+    cv: Annotated[Optional[int], typer.Option("--cv", min=3, metavar="K", help="Number of grouped cross-validation folds.")] = None,
     c_value: Annotated[Optional[float], typer.Option(
-        "--C", help="Inverse L2 strength (default: chosen per label on validation from "
+        "--C", metavar="C", help="Inverse L2 strength (default: chosen per label on validation from "
                              "0.001, 0.01, 0.1, 1).")] = None,
     threshold: Annotated[str, typer.Option(
-        "--threshold", help="Threshold rule on validation: f1 (max F1) or youden (max sens+spec-1).")] = "f1",
-    n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the 95% CIs.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for bootstrap, folds and scaling subsets.")] = 0,
+        "--threshold", metavar="f1|youden", help="Threshold rule on validation: f1 (max F1) or youden (max sens+spec-1).")] = "f1",
+    n_boot: NBoot = 1000,
+    seed: Seed = 0,
     subgroup: Annotated[Optional[List[str]], typer.Option(
-        "--subgroup", help="Metadata column for a subgroup table; COL:bands for age bands "
+        "--subgroup", metavar="COL[:bands[=EDGES]]", help="Metadata column for a subgroup table; COL:bands for age bands "
                            "(<40, 40-60, 60-80, >=80) or COL:bands=30,50,70. Repeatable.")] = None,
     scaling: Annotated[Optional[str], typer.Option(
-        "--scaling", help="Training-set sizes for the data-scaling curve, e.g. 50,100,200.")] = None,
-    scaling_seeds: Annotated[int, typer.Option("--scaling-seeds", min=1, help="Seeds per scaling size.")] = 3,
-    report: Annotated[Optional[str], typer.Option(
-        "--report", help="Write the JSON report here ('-' for stdout).")] = None,
-    figures: Annotated[Optional[str], typer.Option("--figures", help="Write PNG figures into this folder.")] = None,
+        "--scaling", metavar="N,...", help="Training-set sizes for the data-scaling curve, e.g. 50,100,200.")] = None,
+    scaling_seeds: Annotated[int, typer.Option("--scaling-seeds", min=1, metavar="N", help="Seeds per scaling size.")] = 3,
+    report: Report = None,
+    figures: Annotated[Optional[str], typer.Option("--figures", metavar="DIR", help="Write PNG figures into this folder.")] = None,
     head: Annotated[str, typer.Option(
-        "--head", help="linear (logistic regression on the pooled embedding), attention (learnable-query "
+        "--head", metavar="linear|attention|knn", help="linear (logistic regression on the pooled embedding), attention (learnable-query "
                        "attention pooling + linear layer over the per-token features of 'embed --local') "
                        "or knn (vote of the k nearest training records).")] = "linear",
-    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for --head knn.")] = 10,
+    k: Annotated[int, typer.Option("--k", min=1, metavar="K", help="Neighbours for --head knn.")] = 10,
     alpha: Annotated[float, typer.Option(
-        "--alpha", help="Conformal miscoverage level, calibrated on the validation split: prediction sets "
+        "--alpha", metavar="ALPHA", help="Conformal miscoverage level, calibrated on the validation split: prediction sets "
                         "(--multiclass) or positive/negative/abstain per label; coverage reported on test.")] = 0.1,
     baseline: Annotated[Optional[str], typer.Option(
-        "--baseline", help="random: also probe the same architecture with random weights (embedded from "
+        "--baseline", metavar="random|FILE", help="random: also probe the same architecture with random weights (embedded from "
                            "--records) and report the paired difference; or an embedding table to compare "
                            "against.")] = None,
     records: Annotated[Optional[str], typer.Option(
-        "--records", help="The records the embeddings were made from (table or ECG files), for --baseline "
+        "--records", metavar="SRC", help="The records the embeddings were made from (table or ECG files), for --baseline "
                           "random.")] = None,
     device: Device = "auto",
     as_json: Json = False,
@@ -85,13 +81,13 @@ def probe(
 
     \b
     Examples:
-      ecgtool probe emb.parquet --labels superclass.parquet --fold-col strat_fold --test-fold 10 --val-fold 9
-      ecgtool probe emb.parquet -l labels.parquet --group-col patient_id --cv 5 --report r.json --figures figs/
-      ecgtool probe emb.parquet -l cinc2017.parquet --label-cols label --multiclass --group-col record_id --cv 5
-      ecgtool probe emb.parquet -l lab.parquet --fold-col strat_fold --subgroup sex --subgroup age:bands \\
+      ecgtool probe emb.parquet -l superclass.parquet --fold-column strat_fold --test-folds 10 --val-folds 9
+      ecgtool probe emb.parquet -l labels.parquet --patient-column patient_id --cv 5 --report r.json --figures figs/
+      ecgtool probe emb.parquet -l cinc2017.parquet --label-names label --multiclass --patient-column record_id --cv 5
+      ecgtool probe emb.parquet -l lab.parquet --fold-column strat_fold --subgroup sex --subgroup age:bands \\
           --scaling 50,100,200
-      ecgtool probe emb.parquet -l labels.parquet --fold-col strat_fold --baseline random --records rec.parquet
-      ecgtool probe emb.local.parquet -l labels.parquet --fold-col strat_fold --head attention
+      ecgtool probe emb.parquet -l labels.parquet --fold-column strat_fold --baseline random --records rec.parquet
+      ecgtool probe emb.local.parquet -l labels.parquet --fold-column strat_fold --head attention
     """
     from ecgtool.analysis import probe as pr
     from ecgtool.errors import UsageError
@@ -99,11 +95,12 @@ def probe(
 
     if c_value is not None and c_value <= 0:
         raise UsageError(f"--C {c_value}: must be greater than 0", "e.g. --C 0.1, or leave it out to choose on validation")
-    if fold_col and (group_col or cv):
-        raise UsageError("--fold-col and --group-col/--cv both given", "choose one way to split")
-    if not fold_col and not cv:
+    if fold_column and (patient_column or cv):
+        raise UsageError("--fold-column and --patient-column/--cv both given", "choose one way to split")
+    if not fold_column and not cv:
         raise UsageError("no split given",
-                         "use --fold-col strat_fold --test-fold 10 --val-fold 9, or --group-col patient_id --cv 5")
+                         "use --fold-column strat_fold --test-folds 10 --val-folds 9, "
+                         "or --patient-column patient_id --cv 5")
     sizes: list[int] = []
     if scaling:
         try:
@@ -120,15 +117,15 @@ def probe(
         raise UsageError("--baseline random needs the records the embeddings were made from",
                          "add --records rec.parquet (the table or ECG files given to 'ecgtool embed')")
     emb_tab, emb_meta = read_table(src)
-    lab_tab, lab_meta = (read_table(labels) if labels else (None, None))
-    names = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
-    meta_names = (lab_meta.info.get("label_names") if lab_meta is not None else None)
+    lab_tab, lab_meta = (read_table(label_table) if label_table else (None, None))
+    names = [c.strip() for c in label_names.split(",") if c.strip()] if label_names else None
+    meta_names = lab_meta.label_names if lab_meta is not None else None
     emb_name = src if src != "-" else "stdin"
     data = pr.load_probe_data(emb_tab, lab_tab, names, meta_names, multiclass=multiclass,
-                              emb_name=emb_name, labels_name=labels or "labels", tokens=head == "attention")
+                              emb_name=emb_name, labels_name=label_table or "labels", tokens=head == "attention")
     sources = sorted(set(detect_sources(emb_tab, emb_meta))
                      | (set(detect_sources(lab_tab, lab_meta)) if lab_tab is not None else set()))
-    model_label, pre_data = pretraining_of(emb_meta.info)
+    model_label, pre_data = pretraining_of(emb_meta)
     leak = warn_overlap(model_label, pre_data, sources, f"{emb_name}")
     base_data, base_label = None, None
     if baseline:
@@ -138,31 +135,31 @@ def probe(
         else:
             base_tab, base_meta = read_table(baseline)
             base_src = baseline
-        base_label = str(base_meta.info.get("model") or baseline)
+        base_label = str(base_meta.model or baseline)
         base_data = pr.load_probe_data(base_tab, lab_tab, names, meta_names, multiclass=multiclass,
-                                       emb_name=base_src, labels_name=labels or "labels",
+                                       emb_name=base_src, labels_name=label_table or "labels",
                                        tokens=head == "attention")
         del base_tab
         data, base_data = pr.align_records(data, base_data, emb_name, base_src)
     del emb_tab, lab_tab
-    if fold_col:
-        if fold_col not in data.meta:
-            raise UsageError(f"--fold-col {fold_col}: no such column",
+    if fold_column:
+        if fold_column not in data.meta:
+            raise UsageError(f"--fold-column {fold_column}: no such column",
                              f"metadata columns: {', '.join(sorted(data.meta)) or '(none)'}")
-        splits = pr.fold_splits(data.meta[fold_col], test_fold, val_fold, fold_col)
+        splits = pr.fold_splits(data.meta[fold_column], test_folds, val_folds, fold_column)
     else:
-        if group_col is None:
+        if patient_column is None:
             from ecgtool.evaluation.splits import default_group_column
 
-            group_col = default_group_column(data.meta)
-            log.warning("--cv without --group-col: grouping by %s",
-                        "patient_id" if group_col == "patient_id" else "record (each record its own group)")
-        if group_col == "record_id":
+            patient_column = default_group_column(data.meta)
+            log.warning("--cv without --patient-column: grouping by %s",
+                        "patient_id" if patient_column == "patient_id" else "record (each record its own group)")
+        if patient_column == "record_id":
             groups = data.record_ids
-        elif group_col in data.meta:
-            groups = data.meta[group_col]
+        elif patient_column in data.meta:
+            groups = data.meta[patient_column]
         else:
-            raise UsageError(f"--group-col {group_col}: no such column",
+            raise UsageError(f"--patient-column {patient_column}: no such column",
                              f"metadata columns: {', '.join(sorted(data.meta)) or '(none)'}")
         splits = pr.group_cv_splits(groups, cv, seed)
     opts = pr.ProbeOptions(C=c_value, threshold_rule=threshold, n_boot=n_boot, seed=seed,
@@ -191,16 +188,7 @@ def probe(
             paths.append(forest_plot(rep["baseline"], Path(figures) / "baseline_forest.png"))
         rep["figures"] = [str(p) for p in paths]
         log.info("wrote %d figures into %s", len(paths), figures)
-    from ecgtool.io.files import json_text
-
-    text = json_text(rep)
-    if report and report != "-":
-        _write_atomic(report, text + "\n")
-        log.info("wrote the report to %s", report)
-    if as_json or report == "-":
-        typer.echo(text)
-    else:
-        _print_table(rep)
+    emit_report(rep, report, as_json, _print_table)
 
 
 def _random_embeddings(records: str, emb_meta, seed: int, device: str, local: bool):
@@ -215,12 +203,11 @@ def _random_embeddings(records: str, emb_meta, seed: int, device: str, local: bo
     from ecgtool.models.devices import resolve_device
     from ecgtool.models.registry import list_models
 
-    info = emb_meta.info
-    emb = info.get("embedding") or {}
+    emb = emb_meta.embedding or {}
     if emb.get("random_init"):
         raise UsageError("--baseline random: these embeddings come from random weights already",
                          "probe the pretrained model's embeddings with --baseline random")
-    arch = info.get("architecture") or (info.get("model") if info.get("model") in list_models() else None)
+    arch = emb_meta.architecture or (emb_meta.model if emb_meta.model in list_models() else None)
     if not arch:
         raise UsageError("--baseline random: the embedding table names no registered architecture",
                          "embed the baseline yourself ('ecgtool embed -m ARCH --random-init') and pass it with "
@@ -247,18 +234,8 @@ def _command_line() -> str:
     return shlex.join(command_line() or ["ecgtool", "probe"])
 
 
-def _write_atomic(path: str, text: str) -> None:
-    from ecgtool.io.files import write_bytes_atomic
-
-    write_bytes_atomic(path, text.encode())
 
 
-def _cell(m: dict | None, ci: bool = True) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    if ci and m.get("ci"):
-        return f"{m['value']:.3f} ({m['ci'][0]:.2f}–{m['ci'][1]:.2f})"
-    return f"{m['value']:.3f}"
 
 
 def _print_table(rep: dict) -> None:
@@ -291,11 +268,11 @@ def _print_table(rep: dict) -> None:
         before = (c.get("before") or {}).get("ece")
         after = (c.get("after") or {}).get("ece")
         ece = "n/a" if before is None else f"{before:.3f}→" + ("n/a" if after is None else f"{after:.3f}")
-        t.add_row(name, f"{e['n_test']} ({e['n_pos']})", _cell(e["auroc"]), _cell(e["auprc"]),
-                  _cell(e["f1"]), _cell(e["sensitivity"], False), _cell(e["specificity"], False), ece)
+        t.add_row(name, f"{e['n_test']} ({e['n_pos']})", cell(e["auroc"]), cell(e["auprc"]),
+                  cell(e["f1"]), cell(e["sensitivity"], False), cell(e["specificity"], False), ece)
     m = rep["metrics"]["macro"]
-    t.add_row("[bold]macro[/bold]", "", _cell(m["auroc"]), _cell(m["auprc"]), _cell(m["f1"]),
-              _cell(m["sensitivity"], False), _cell(m["specificity"], False), "")
+    t.add_row("[bold]macro[/bold]", "", cell(m["auroc"]), cell(m["auprc"]), cell(m["f1"]),
+              cell(m["sensitivity"], False), cell(m["specificity"], False), "")
     con.print(t)
     if rep["task"] == "multiclass":
         c = rep["calibration"]
@@ -308,7 +285,7 @@ def _print_table(rep: dict) -> None:
         for c in ("group", "n", "macro AUROC", "macro AUPRC"):
             st.add_column(c, justify="left" if c == "group" else "right")
         for key, g in sg["groups"].items():
-            st.add_row(key, str(g["n"]), _cell(g["macro"]["auroc"]), _cell(g["macro"]["auprc"]))
+            st.add_row(key, str(g["n"]), cell(g["macro"]["auroc"]), cell(g["macro"]["auprc"]))
         con.print(st)
     sc = rep.get("scaling")
     if sc and sc["points"]:
@@ -346,7 +323,7 @@ def _print_conformal(con, rep: dict) -> None:
             cov = test["coverage"]
             q = c["calibration"].get("qhat") if isinstance(c["calibration"], dict) else None
             con.print(f"Conformal prediction sets (APS, alpha={c['alpha']:g}, calibrated on validation"
-                      + (f", qhat {q:.3f}" if isinstance(q, float) else "") + f"): coverage {_cell(cov)} on "
+                      + (f", qhat {q:.3f}" if isinstance(q, float) else "") + f"): coverage {cell(cov)} on "
                       f"{test['n_test']} test records ({target}); mean set size "
                       f"{test.get('mean_set_size', float('nan')):.2f}; sizes "
                       + ", ".join(f"{k}: {v}" for k, v in (test.get("set_size_counts") or {}).items()))
@@ -360,7 +337,7 @@ def _print_conformal(con, rep: dict) -> None:
                     t.add_row(name, "n/a", "", "", "", "", e.get("reason", "not computable"))
                     continue
                 f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-                t.add_row(name, _cell(e["coverage"]), f"{f(e['coverage_pos'])} / {f(e['coverage_neg'])}",
+                t.add_row(name, cell(e["coverage"]), f"{f(e['coverage_pos'])} / {f(e['coverage_neg'])}",
                           f(e.get("rate_positive")), f(e.get("rate_negative")), f(e.get("rate_abstain")),
                           f(e.get("decided_accuracy")))
             con.print(t)
@@ -390,16 +367,9 @@ def _print_baseline(con, rep: dict) -> None:
 
     for name in b["labels"]:
         e = d["per_label"][name]
-        t.add_row(name, _cell(mod["per_label"][name]["auroc"], False), _cell(ref["per_label"][name]["auroc"], False),
-                  _delta(e["auroc"]), p_of(e), _delta(e["auprc"]), _delta(e["f1"]))
-    t.add_row("[bold]macro[/bold]", _cell(mod["macro"]["auroc"], False), _cell(ref["macro"]["auroc"], False),
-              _delta(d["macro"]["auroc"]), "", _delta(d["macro"]["auprc"]), _delta(d["macro"]["f1"]))
+        t.add_row(name, cell(mod["per_label"][name]["auroc"], False), cell(ref["per_label"][name]["auroc"], False),
+                  delta(e["auroc"]), p_of(e), delta(e["auprc"]), delta(e["f1"]))
+    t.add_row("[bold]macro[/bold]", cell(mod["macro"]["auroc"], False), cell(ref["macro"]["auroc"], False),
+              delta(d["macro"]["auroc"]), "", delta(d["macro"]["auprc"]), delta(d["macro"]["f1"]))
     con.print(t)
 
-
-def _delta(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    if m.get("ci"):
-        return f"{m['value']:+.3f} ({m['ci'][0]:+.2f} to {m['ci'][1]:+.2f})"
-    return f"{m['value']:+.3f}"

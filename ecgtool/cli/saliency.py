@@ -9,24 +9,25 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.options import BatchSize, Device, Inputs, Model, NoShard, OnError, Output, OutputFormat, Shard
+from ecgtool.cli.options import Inputs, ModelRun, model_run_options
 
 
 @app.command("saliency")
+@model_run_options(batch_size=8, precision=False)
 def saliency(
     src: Inputs = None,
-    model: Model = None,
-    output: Output = "-",
-    output_format: OutputFormat = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="The label to explain (default: each record's most probable).")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto (attention for transformers, else gradient), attention, or gradient (integrated gradients).")] = "auto",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Integrated-gradients steps.")] = 16,
-    png: Annotated[Optional[str], typer.Option("--png", help="Folder for one PNG per record (ECG grid paper, trace coloured by saliency).")] = None,
-    device: Device = "auto",
-    batch_size: BatchSize = 8,
-    shard: Shard = None,
-    no_shard: NoShard = False,
-    on_error: OnError = None,
+    label: Annotated[Optional[str], typer.Option(
+        "--label", metavar="LABEL", help="The label to explain (default: each record's most probable).")] = None,
+    method: Annotated[str, typer.Option(
+        "--method", metavar="auto|attention|gradient",
+        help="auto (attention for models that have it, else gradient), attention, or gradient (integrated "
+        "gradients).")] = "auto",
+    steps: Annotated[int, typer.Option("--steps", min=1, metavar="N",
+                                       help="Integrated-gradients steps (points from the all-zero baseline).")] = 16,
+    png: Annotated[Optional[str], typer.Option(
+        "--png", metavar="DIR",
+        help="Folder for one PNG per record (ECG grid paper, trace coloured by saliency).")] = None,
+    run: ModelRun = None,
 ) -> None:
     """Saliency per lead for each record, as a table and as PNGs on ECG grid paper.
 
@@ -49,12 +50,12 @@ def saliency(
     from ecgtool.cli.modelrun import open_input, open_model
     from ecgtool.io.shard import parse_shard, shard_batches, shard_path
 
-    errors = record_errors(on_error)
-    sh = parse_shard(shard, use_env=not no_shard)
-    net, dev = open_model(model, device)
-    with open_input(src, batch_size, errors) as reader:
+    errors = record_errors(run.on_error)
+    sh = parse_shard(run.shard, use_env=not run.no_shard)
+    net, dev = open_model(run.model, run.device)
+    with open_input(src, run.batch_size, errors) as reader:
         batches = progress(reader, getattr(reader, "num_rows", None), "saliency", count=lambda b: b.num_rows)
-        rows = saliency_table(reader, shard_path(output, sh), net, device=dev, label=label, method=method,
-                              steps=steps, batch_size=batch_size, png_dir=png, errors=errors, fmt=output_format,
+        rows = saliency_table(reader, shard_path(run.output, sh), net, device=dev, label=label, method=method,
+                              steps=steps, batch_size=run.batch_size, png_dir=png, errors=errors, fmt=run.output_format,
                               argv=command_line(), batches=shard_batches(batches, sh))
     finish(errors, f"saliency for {rows} records" + (f"; PNGs in {png}" if png else ""))

@@ -16,7 +16,7 @@ from ecgtool.cli.options import BatchSize, Device, Model, OnError
 def search(
     index: Annotated[str, typer.Argument(metavar="INDEX", help="An index file written by 'ecgtool index'.")],
     src: Annotated[str, typer.Argument(metavar="QUERIES", help="Embeddings of the index's model, or records (a table, raw ECG files); '-' for stdin.")] = "-",
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, metavar="N", help="Neighbours per query.")] = 10,
     same_patient: Annotated[bool, typer.Option("--same-patient", help="Only the query's patient's ECGs (by patient id), ordered by date: the patient's history.")] = False,
     exclude_self: Annotated[bool, typer.Option("--exclude-self", help="Leave out the query itself (same record id, and segment when both have one).")] = False,
     vote: Annotated[Optional[str], typer.Option("--vote", metavar="LABELCOLS", help="Comma-separated label columns of the index: one row per query with the neighbours' vote (and the model's own prediction and agreement, for records as queries).")] = None,
@@ -24,7 +24,10 @@ def search(
     compare: Annotated[bool, typer.Option("--compare", help="With --same-patient: compare each query record with the patient's latest earlier ECG (distance, probability change, overlay PNG).")] = False,
     png: Annotated[Optional[str], typer.Option("--png", metavar="DIR", help="--compare: folder for one PNG per query (both tracings overlaid on ECG grid paper).")] = None,
     records: Annotated[Optional[str], typer.Option("--records", metavar="SRC", help="--compare: a table or raw files holding the baselines' tracings (default: the index's 'source' column).")] = None,
-    ef: Annotated[Optional[int], typer.Option("--ef", min=1, help="hnsw: candidate list while searching (higher: better recall, slower).")] = None,
+    ef: Annotated[Optional[int], typer.Option(
+        "--ef", min=1, metavar="N",
+        help="hnsw: candidate list while searching (higher: better recall, slower; default: the index's "
+        "ef_search, at least -k).")] = None,
     model: Model = None,
     output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="Output table; default: a readable list on a terminal, else stdout.")] = "",
     output_format: Annotated[Optional[str], typer.Option("-O", "--output-format", metavar="FORMAT", help="parquet, arrow, npz, or text (the readable list, also in a pipe); default: from -o, a list on a terminal, else Arrow.")] = None,
@@ -149,7 +152,7 @@ def _print_neighbours(path: str, vote: bool, idx) -> None:
     labels = idx.label_names
     pcol, dcol = idx.patient_column, idx.date_column
     text_col = next((c for c in ("scp_codes", "diagnosis", "label") if c in table.column_names), None)
-    same_patient = bool(meta.info.get("same_patient"))
+    same_patient = bool(meta.same_patient)
     current = object()
     for r in rows:
         q = (r["query_record_id"], r.get("query_segment"))
@@ -179,7 +182,7 @@ def _print_compare(path: str) -> None:
 
     table, meta = read_table(path)
     con = console(soft_wrap=True)
-    names = meta.info.get("label_names") or []
+    names = meta.label_names or []
     if not table.num_rows:
         con.print("no query has an earlier ECG of the same patient in the index")
     for r in table.to_pylist():

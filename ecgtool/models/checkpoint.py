@@ -218,7 +218,7 @@ def list_model_summaries(pattern: str | None = None) -> list[dict[str, Any]]:
 
 
 def parse_label_names(spec: str) -> list[str]:
-    """Label names from ``--labels``: a vocabulary name ('ecgfm-17', alias 'mimic-iv-ecg'), a text
+    """Label names from ``--label-names``: a vocabulary name ('ecgfm-17', alias 'mimic-iv-ecg'), a text
     file with one name per line, or comma-separated names."""
     text = spec.strip()
     alias = {"mimic-iv-ecg": "ecgfm-17", "mimic": "ecgfm-17"}
@@ -233,26 +233,26 @@ def parse_label_names(spec: str) -> list[str]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--labels {text}: cannot read ({e})") from None
+            raise InputError(f"--label-names {text}: cannot read ({e})") from None
         names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     else:
         names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise UsageError(f"--labels {text!r}: no label names",
+        raise UsageError(f"--label-names {text!r}: no label names",
                          "give comma-separated names, a file with one name per line, or a vocabulary such as ecgfm-17")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise UsageError(f"--labels: repeated label names: {', '.join(dup)}")
+        raise UsageError(f"--label-names: repeated label names: {', '.join(dup)}")
     return names
 
 
 def _attach_label_names(model: torch.nn.Module, names: list[str], src: Path) -> None:
     n_out = model.n_classes
     if not n_out:
-        raise UsageError(f"{src}: the checkpoint has no classifier head, so --labels does not apply",
+        raise UsageError(f"{src}: the checkpoint has no classifier head, so --label-names does not apply",
                          "label names belong to a finetuned checkpoint")
     if len(names) != n_out:
-        raise UsageError(f"--labels: {len(names)} names for the {n_out} outputs of {src.name}",
+        raise UsageError(f"--label-names: {len(names)} names for the {n_out} outputs of {src.name}",
                          "give one name per output, in the order of the outputs")
     model.label_names = list(names)
 

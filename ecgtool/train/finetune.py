@@ -235,7 +235,7 @@ def split_rows(cfg: FinetuneConfig, column, columns: Sequence[str], record_ids: 
     """Row indices (train, val, test) and a description of the split, by ``cfg``.
 
     ``--fold-column`` with ``--val-folds`` / ``--test-folds``
-    (:func:`ecgtool.evaluation.splits.fold_split`), else a random split grouped by ``--group-column``
+    (:func:`ecgtool.evaluation.splits.fold_split`), else a random split grouped by ``--patient-column``
     (default patient_id, else record_id; :func:`ecgtool.evaluation.splits.grouped_split`). ``column(name)``
     gives a column of the table as a list (None when absent); ``columns`` are the table's column names.
     """
@@ -407,7 +407,7 @@ class Finetuner:
             if cfg.labels:
                 unknown = [n for n in cfg.labels if n not in names]
                 if unknown:
-                    raise UsageError(f"--labels {','.join(unknown)}: not in {labels} ({', '.join(names[:12])})")
+                    raise UsageError(f"--label-names {','.join(unknown)}: not in {labels} ({', '.join(names[:12])})")
                 names = list(cfg.labels)
             classes, columns = self._classes(names, {n: table.column(n).to_pylist() for n in names}, str(labels))
             if classes != names and S.RECORD_ID in table.schema.names:  # else join_labels says what is missing
@@ -432,13 +432,13 @@ class Finetuner:
             return names, y
         names = cfg.labels
         if not names:
-            names = (self.data.meta.info.get("label_names") if self.data.meta is not None else None)
+            names = self.data.meta.label_names if self.data.meta is not None else None
         if not names:
-            raise UsageError("no labels: give a label table (--labels-table) or label columns (--labels A,B,...)")
+            raise UsageError("no labels: give a label table (-l/--label-table) or label columns (--label-names A,B,...)")
         missing = [n for n in names if n not in self.data.table.schema.names]
         if missing:
             raise InputError(f"{self.data.name}: no label column {', '.join(missing)}",
-                             "give a label table with --labels-table, or name existing columns")
+                             "give a label table with -l/--label-table, or name existing columns")
         columns = {n: self.data.column(n) for n in names}
         names, columns = self._classes(names, columns, self.data.name)
         y = EL.label_matrix(columns, names, self.data.name)

@@ -73,7 +73,7 @@ train() {
   local stop=(--max-epochs "${EPOCHS:-25}")
   [[ -n "${FT_STEPS:-}" ]] && stop+=(--max-steps "$FT_STEPS")
   et finetune "$WORK/train.seg.parquet" -m ecgtool-default --from-scratch "${FT_ARGS[@]}" "${stop[@]}" \
-     ${FT_LABELS:+--labels "$FT_LABELS"} -o "$WORK/finetuned.safetensors" --report "$WORK/finetuned.json"
+     ${FT_LABELS:+--label-names "$FT_LABELS"} -o "$WORK/finetuned.safetensors" --report "$WORK/finetuned.json"
 }
 
 install() {
