@@ -58,7 +58,6 @@ def compare(
     from ecgtool.analysis.leakage import detect_sources, pretraining_of, warn_overlap
     from ecgtool.errors import UsageError
     from ecgtool.io import read_table
-    from ecgtool.io.files import json_text
 
     shown = [n.strip() for n in names.split(",")] if names else None
     models = cp.load_model_scores(list(inputs), shown)

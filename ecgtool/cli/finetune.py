@@ -10,15 +10,16 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import (Betas, CheckpointEvery, ClipNorm, Device, Eps, FoldColumn, Input, KeepCheckpoints,
-                                 LabelNames, LabelTable, MaxEpochs, MaxSteps, NoAmp, PatientColumn, Report, Resume,
-                                 Seed, TestFolds, TrainBatch, ValFolds, WeightDecay)
+from ecgtool.cli.options import (Betas, Eps, FoldColumn, Input, LabelNames, LabelTable, LoopOptions, MaxEpochs, MaxSteps,
+                                 PatientColumn, Report, TestFolds, TrainBatch, ValFolds, WeightDecay,
+                                 training_loop_options)
 from ecgtool.errors import UsageError
 
 log = logging.getLogger("ecgtool")
 
 
 @app.command("finetune")
+@training_loop_options(checkpoint_every=500)
 def finetune(
     src: Input,
     model: Annotated[str, typer.Option("-m", "--model", metavar="MODEL", help="Checkpoint to start from (native .safetensors, "
@@ -79,14 +80,8 @@ def finetune(
                                                       "(default: every epoch).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", metavar="DIR", help="Checkpoints and train_log.jsonl "
                                                     "(default: OUTPUT without suffix + '.run').")] = None,
-    checkpoint_every: CheckpointEvery = 500,
-    keep_checkpoints: KeepCheckpoints = 2,
-    resume: Resume = False,
-    seed: Seed = 0,
-    clip_norm: ClipNorm = 0.0,
-    no_amp: NoAmp = False,
     report: Report = None,
-    device: Device = "auto",
+    loop_options: LoopOptions = None,
 ) -> None:
     """Finetune a model on a labelled record or segment table; keep the best by validation macro AUPRC.
 
@@ -135,12 +130,13 @@ def finetune(
     if max_steps is None and max_epochs is None:
         max_epochs = 10
     rd = run_dir or output.with_name(output.stem + ".run")
-    loop = LoopConfig(out_dir=rd, max_steps=max_steps, max_epochs=max_epochs, checkpoint_every=checkpoint_every,
-                      keep_checkpoints=keep_checkpoints, seed=seed, resume=resume, eval_every=eval_every,
-                      patience=patience, clip_norm=clip_norm, amp=not no_amp)
+    lo = loop_options
+    loop = LoopConfig(out_dir=rd, max_steps=max_steps, max_epochs=max_epochs, checkpoint_every=lo.checkpoint_every,
+                      keep_checkpoints=lo.keep_checkpoints, seed=lo.seed, resume=lo.resume, eval_every=eval_every,
+                      patience=patience, clip_norm=lo.clip_norm, amp=not lo.no_amp)
     loop.check()
     cfg.check()
-    ft = Finetuner(src, model, output, labels=label_table, cfg=cfg, loop=loop, device=device,
+    ft = Finetuner(src, model, output, labels=label_table, cfg=cfg, loop=loop, device=lo.device,
                    from_scratch=from_scratch, run_dir=rd)
     r = ft.report
     if ft.dist.is_main:

@@ -176,33 +176,60 @@ class ModelRun:
     precision: str = "fp32"
 
 
-def model_run_options(batch_size: int = 32, precision: bool = True, output=Output, output_default: str = "-"):
-    """Decorator (as sqlite-utils' ``output_options``): adds ``-m``, ``-o``, ``-O`` after the command's input
-    argument and ``--device``, ``--precision``, ``--batch-size``, ``--shard``, ``--no-shard``, ``--on-error`` after
-    its own options; the command receives them as one ``run: ModelRun``."""
-    P = inspect.Parameter
+def _opt(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
-    def opt(name, annotation, default):
-        return P(name, P.KEYWORD_ONLY, default=default, annotation=annotation)
 
-    head = [opt("model", Model, None), opt("output", output, output_default), opt("output_format", OutputFormat, None)]
-    tail = [opt("device", Device, "auto"), *([opt("precision", Precision, "fp32")] if precision else []),
-            opt("batch_size", BatchSize, batch_size), opt("shard", Shard, None), opt("no_shard", NoShard, False),
-            opt("on_error", OnError, None)]
+def _inject(head: list, tail: list, into: str, cls):
+    """A decorator that adds the options ``head`` after a command's first parameter (its input) and ``tail`` after
+    its own options, and hands their values to the command as one ``cls`` object in parameter ``into``."""
     names = [p.name for p in head + tail]
 
     def decorate(fn):
         sig = inspect.signature(fn, eval_str=True)
-        own = [p.replace(kind=P.KEYWORD_ONLY) for n, p in sig.parameters.items() if n != "run"]
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for n, p in sig.parameters.items() if n != into]
         params = [*own[:1], *head, *own[1:], *tail]
 
         @functools.wraps(fn)
         def command(**kwargs):
-            run = ModelRun(**{n: kwargs.pop(n) for n in names})
-            return fn(**kwargs, run=run)
+            shared = cls(**{n: kwargs.pop(n) for n in names})  # before kwargs is passed on
+            return fn(**kwargs, **{into: shared})
 
         command.__signature__ = sig.replace(parameters=params)
         command.__annotations__ = {p.name: p.annotation for p in params}
         return command
 
     return decorate
+
+
+def model_run_options(batch_size: int = 32, precision: bool = True, output=Output, output_default: str = "-"):
+    """Decorator (as sqlite-utils' ``output_options``): adds ``-m``, ``-o``, ``-O`` after the command's input
+    argument and ``--device``, ``--precision``, ``--batch-size``, ``--shard``, ``--no-shard``, ``--on-error`` after
+    its own options; the command receives them as one ``run: ModelRun``."""
+    head = [_opt("model", Model, None), _opt("output", output, output_default), _opt("output_format", OutputFormat, None)]
+    tail = [_opt("device", Device, "auto"), *([_opt("precision", Precision, "fp32")] if precision else []),
+            _opt("batch_size", BatchSize, batch_size), _opt("shard", Shard, None), _opt("no_shard", NoShard, False),
+            _opt("on_error", OnError, None)]
+    return _inject(head, tail, "run", ModelRun)
+
+
+@dataclass
+class LoopOptions:
+    """The training-loop options of pretrain and finetune."""
+
+    checkpoint_every: int
+    keep_checkpoints: int
+    resume: bool
+    seed: int
+    clip_norm: float
+    no_amp: bool
+    device: str
+
+
+def training_loop_options(checkpoint_every: int):
+    """Decorator: adds ``--checkpoint-every``, ``--keep-checkpoints``, ``--resume``, ``--seed``, ``--clip-norm``,
+    ``--no-amp`` and ``--device`` after a training command's own options, handed over as ``loop_options``."""
+    tail = [_opt("checkpoint_every", CheckpointEvery, checkpoint_every), _opt("keep_checkpoints", KeepCheckpoints, 2),
+            _opt("resume", Resume, False), _opt("seed", Seed, 0), _opt("clip_norm", ClipNorm, 0.0),
+            _opt("no_amp", NoAmp, False), _opt("device", Device, "auto")]
+    return _inject([], tail, "loop_options", LoopOptions)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.options import (Betas, CheckpointEvery, ClipNorm, Device, Eps, Input, KeepCheckpoints, MaxEpochs,
-                                 MaxSteps, NoAmp, Resume, Seed, WeightDecay)
+from ecgtool.cli.options import (Betas, Eps, Input, LoopOptions, MaxEpochs, MaxSteps, WeightDecay,
+                                 training_loop_options)
 
 log = logging.getLogger("ecgtool")
 
 
 @app.command("pretrain")
+@training_loop_options(checkpoint_every=1000)
 def pretrain(
     src: Input,
     output_dir: Annotated[Path, typer.Option("-o", "--output-dir", metavar="DIR", help="Run folder: checkpoints/, "
@@ -55,13 +55,7 @@ def pretrain(
     cmsc_temp: Annotated[float, typer.Option("--cmsc-temp", metavar="T", help="CMSC temperature.")] = 0.1,
     rlm_prob: Annotated[float, typer.Option("--rlm-prob", metavar="P", help="Probability of zeroing each lead "
                                             "of each segment.")] = 0.5,
-    checkpoint_every: CheckpointEvery = 1000,
-    keep_checkpoints: KeepCheckpoints = 2,
-    resume: Resume = False,
-    seed: Seed = 0,
-    clip_norm: ClipNorm = 0.0,
-    no_amp: NoAmp = False,
-    device: Device = "auto",
+    loop_options: LoopOptions = None,
 ) -> None:
     """Pretrain an ECG-FM transformer on a segment table (wav2vec 2.0 + CMSC + RLM, as published).
 
@@ -93,11 +87,12 @@ def pretrain(
         batch_size=batch_size)
     if max_steps is None and max_epochs is None:
         max_epochs = 200
+    lo = loop_options
     loop = LoopConfig(out_dir=output_dir, max_steps=max_steps, max_epochs=max_epochs,
-                      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
-                      resume=resume, clip_norm=clip_norm, amp=not no_amp)
+                      checkpoint_every=lo.checkpoint_every, keep_checkpoints=lo.keep_checkpoints, seed=lo.seed,
+                      resume=lo.resume, clip_norm=lo.clip_norm, amp=not lo.no_amp)
     loop.check()
-    trainer = Pretrainer(src, model, output_dir, cfg, loop, device=device)
+    trainer = Pretrainer(src, model, output_dir, cfg, loop, device=lo.device)
     if trainer.dist.is_main:
         log.info("pretrain: %s on %d items (%d segments), %d updates per epoch, device %s, %d process(es)",
                  model, trainer.plan.n_items, len(trainer.data), trainer.plan.batches_per_epoch, trainer.device,
