@@ -123,3 +123,10 @@ def test_the_readme_names_every_old_spelling():
         assert f"`{path}" in conventions or f"{path} " in conventions, path
         for old in table:
             assert old in conventions, f"README's conventions do not name {path} {old}"
+
+
+def test_old_spelling_of_a_subcommand_is_said_too(cli, tmp_path):
+    """models import is a command of a command group, resolved after logging is set up: its note still comes."""
+    r = cli(["models", "import", tmp_path / "none.pt", "--labels", "a,b", "-o", tmp_path / "x.safetensors"])
+    assert r.exit_code != 0
+    assert r.stderr.count("models import --labels is deprecated") == 1, r.stderr

@@ -126,9 +126,11 @@ class EcgtoolGroup(TyperGroup):
 
             valued = {o for p in cmd.params if p.param_type_name == "option" and not (p.is_flag or p.count)
                       for o in p.opts + p.secondary_opts}
-            # the notes are said once logging is set up (the group's callback, which runs next)
+            # the notes are said once logging is set up (by the root group's callback, which runs next)
             path = " ".join([*ctx.command_path.split()[1:], name])  # "probe", "models import"
             rest = rename_options(path, rest, valued, state.notes)
+            if ctx.parent is not None:  # a subcommand group: logging is set up already
+                _say_notes()
         return name, cmd, rest
 
     def invoke(self, ctx: typer.Context):
@@ -158,6 +160,11 @@ class EcgtoolGroup(TyperGroup):
                 f"ecgtool: error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True
             )
             ctx.exit(1)
+
+
+def _say_notes() -> None:
+    while state.notes:
+        log.warning(state.notes.pop(0))
 
 
 def _quiet_broken_pipe() -> None:
@@ -215,8 +222,7 @@ def _main(
     state.verbose = verbose
     state.quiet = quiet
     setup_logging(verbose, quiet)
-    while state.notes:
-        log.warning(state.notes.pop(0))
+    _say_notes()
     from ecgtool.io.threads import set_threads
 
     set_threads(threads)
