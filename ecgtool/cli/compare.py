@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from ecgtool.cli.app import app
-from ecgtool.cli.common import cell, delta, emit_report
+from ecgtool.cli.common import cell, delta, emit_report, parse_list
 from ecgtool.cli.options import Json, LabelNames, LabelTable, NBoot, Report, Seed
 
 log = logging.getLogger("ecgtool")
@@ -64,7 +64,7 @@ def compare(
     lab_tab = None
     if label_table:
         lab_tab, _ = read_table(label_table)
-    only = [c.strip() for c in label_names.split(",") if c.strip()] if label_names else None
+    only = parse_list(label_names) or None
     Y, M, used, info = cp.align(models, lab_tab, None, label_table or "labels", intersect, only)
     ref = 0
     if reference is not None:

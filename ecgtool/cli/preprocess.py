@@ -144,7 +144,7 @@ def preprocess(
       ecgtool preprocess --preset ecg-fm --drop-flagged flat,nan --on-error skip rec.parquet -o seg.parquet
     """
 
-    from ecgtool.cli.common import finish, progress, record_errors
+    from ecgtool.cli.common import finish, parse_list, progress, record_errors
     from ecgtool.errors import UsageError
     from ecgtool.io import open_table
     from ecgtool.io.threads import default_threads
@@ -164,7 +164,7 @@ def preprocess(
                 log.warning("--notch %g: mains frequency is usually 50 or 60 Hz", nf)
     flags = None
     if drop_flagged is not None:
-        flags = [f.strip() for f in drop_flagged.split(",") if f.strip()]
+        flags = parse_list(drop_flagged)
         if flags == ["all"]:
             flags = list(FLAGS)
         bad = [f for f in flags if f not in FLAGS]

@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 
 from ecgtool.provenance import command_line
 from ecgtool.cli.app import app
-from ecgtool.cli.common import cell, delta, emit_report
+from ecgtool.cli.common import cell, delta, emit_report, parse_list
 from ecgtool.cli.options import (Device, FoldColumn, Input, Json, LabelNames, LabelTable, NBoot, PatientColumn, Report,
                                  Seed, TestFolds, ValFolds)
 
@@ -118,7 +118,7 @@ def probe(
                          "add --records rec.parquet (the table or ECG files given to 'ecgtool embed')")
     emb_tab, emb_meta = read_table(src)
     lab_tab, lab_meta = (read_table(label_table) if label_table else (None, None))
-    names = [c.strip() for c in label_names.split(",") if c.strip()] if label_names else None
+    names = parse_list(label_names) or None
     meta_names = lab_meta.label_names if lab_meta is not None else None
     emb_name = src if src != "-" else "stdin"
     data = pr.load_probe_data(emb_tab, lab_tab, names, meta_names, multiclass=multiclass,

@@ -55,7 +55,7 @@ def search(
     import sys
     import tempfile
 
-    from ecgtool.cli.common import finish, record_errors
+    from ecgtool.cli.common import finish, parse_list, record_errors
     from ecgtool.cli.modelrun import open_input, open_model
     from ecgtool.errors import UsageError
     from ecgtool.io.stream import refuse_terminal
@@ -97,7 +97,7 @@ def search(
                     f"; PNGs in {png}" if png and stats.pngs else "")
             else:
                 opts = SearchOptions(k=k, same_patient=same_patient, exclude_self=exclude_self, ef=ef,
-                                     vote=[c.strip() for c in vote.split(",") if c.strip()] if vote else None,
+                                     vote=parse_list(vote) or None,
                                      weighted=weighted)
                 stats = run_search(reader, idx, dest, index_name=index, src_name=getattr(reader, "name", src), opts=opts,
                                    model=net, device=dev, batch_size=batch_size, errors=errors, fmt=fmt,
