@@ -35,13 +35,12 @@ The modules: :mod:`ecgtool.convert.discovery` (inputs -> items),
 This package re-exports their public names.
 """
 
-from ecgtool.convert.columns import METADATA_FIELDS, base_schema, format_fields, output_schema
+from ecgtool.convert.columns import base_schema, output_schema
 from ecgtool.convert.discovery import Discovery, Item, discover
 from ecgtool.convert.reading import ChunkResult, chunk_batches, read_batches, read_chunk
 from ecgtool.convert.records import ConvertResult, RecordsReader, convert
 
 __all__ = [
-    "METADATA_FIELDS",
     "ChunkResult",
     "ConvertResult",
     "Discovery",
@@ -51,7 +50,6 @@ __all__ = [
     "chunk_batches",
     "convert",
     "discover",
-    "format_fields",
     "output_schema",
     "read_batches",
     "read_chunk",

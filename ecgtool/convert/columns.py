@@ -1,6 +1,7 @@
 """The columns of a table that ``ecgtool convert`` writes: :func:`base_schema` (record id, rate,
-leads, signal, :data:`METADATA_FIELDS`, and the metadata columns of the formats met:
-:func:`format_fields`), and :func:`output_schema`, which adds the columns of ``--join`` tables."""
+leads, signal, the metadata columns every record has and those of the formats met, all built by
+:func:`ecgtool.io.schema.records_fields`), and :func:`output_schema`, which adds the columns of
+``--join`` tables."""
 
 from __future__ import annotations
 
@@ -10,16 +11,6 @@ import pyarrow as pa
 
 from ecgtool.io import schema as S
 from ecgtool.io.join import JoinTable
-
-METADATA_FIELDS = [S.column(name) for name in S.CONVERT_METADATA]
-
-
-def format_fields(formats: Iterable[str] = ()) -> list[pa.Field]:
-    """The metadata columns the readers of ``formats`` add to the base schema (patient_id, device, ...;
-    in the order of :data:`ecgtool.io.schema.FORMAT_METADATA`)."""
-    names = _format_columns(formats)
-    return [S.column(n) for n in S.FORMAT_METADATA if n in names]
-
 
 def _format_columns(formats: Iterable[str]) -> set[str]:
     from ecgtool.formats import FORMAT_META
