@@ -125,3 +125,30 @@ def test_default_model_by_name_loads_the_shipped_weights():
     a, b = by_name.state_dict(), by_path.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert by_name.label_names == by_path.label_names
+
+
+def test_recipe_merges_label_tables_of_both_datasets(cli, tmp_path, data_dir):
+    """examples/default-model/merge_labels.py puts PTB-XL and CinC 2017 label tables side by side: each record
+    keeps its own dataset's labels, the other dataset's are null (masked out of finetuning's loss)."""
+    import subprocess
+    import sys
+
+    ref = tmp_path / "ref.csv"
+    ref.write_text("record,label\n" + (data_dir / "cinc2017" / "REFERENCE.csv").read_text())
+    heas = [data_dir / "ptbxl-500" / "records500" / "00000" / "00001_hr.hea", data_dir / "cinc2017" / "A00001.hea"]
+    raw = tmp_path / "raw.parquet"
+    res = cli(["convert", *heas, "--join", data_dir / "ptbxl-500" / "ptbxl_database.csv", "--join", ref, "-o", raw])
+    assert res.exit_code == 0, res.stderr
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert cli(["label", raw, "--scp-column", "scp_codes", "--vocab", "ptbxl-superclass", "-o", a]).exit_code == 0
+    assert cli(["label", raw, "--class-column", "label", "--vocab", "cinc2017", "-o", b]).exit_code == 0
+    out = tmp_path / "labels.parquet"
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "default-model" / "merge_labels.py"), str(a), str(b),
+                        "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    t, meta = read_table(out)
+    assert meta.kind == "labels" and meta.label_names == LABELS
+    rows = {rid: i for i, rid in enumerate(t.column("record_id").to_pylist())}
+    ptb, cinc = rows["00001_hr"], rows["A00001"]
+    assert t.column("NORM")[ptb].as_py() == 1 and t.column("normal")[ptb].as_py() is None
+    assert t.column("normal")[cinc].as_py() == 1 and t.column("NORM")[cinc].as_py() is None

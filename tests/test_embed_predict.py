@@ -67,7 +67,7 @@ def test_embed_reproduces_reference_pooled(ckpts, ptbxl3, reference_dir, tmp_pat
     """convert | preprocess --preset ecg-fm | embed equals the original code's pooled output."""
     _, seg = ptbxl3
     out = tmp_path / "e.parquet"
-    res = run("embed", "-m", ckpts["fm"], seg, "--pool", "none", "-o", out)
+    res = run("embed", "-m", ckpts["fm"], seg, "--pool", "none", "--precision", "fp32", "-o", out)
     assert res.returncode == 0, res.stderr.decode()
     t, e = _emb(out)
     assert t.column("segment").to_pylist() == [0, 1, 0, 1, 0, 1]
@@ -114,7 +114,7 @@ def test_ecgfounder_stage_features_and_bad_layer(ckpts, data_dir, tmp_path):
     assert run("convert", *heas, "-o", rec).returncode == 0
     assert run("preprocess", "--preset", "ecgfounder", rec, "-o", seg).returncode == 0
     out = tmp_path / "stage.parquet"
-    res = run("embed", "-m", ckpts["founder"], seg, "--layer", "1", "-o", out)
+    res = run("embed", "-m", ckpts["founder"], seg, "--layer", "1", "--precision", "fp32", "-o", out)
     assert res.returncode == 0, res.stderr.decode()
     got = np.stack(pq.read_table(out).column("embedding").to_numpy(zero_copy_only=False))
     model = load_model(str(ckpts["founder"])).eval()

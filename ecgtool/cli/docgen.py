@@ -43,6 +43,22 @@ A closed downstream pipe (\fB| head\fR) ends the command quietly.
 Columns a command does not know pass through untouched, so metadata and labels ride
 along a pipeline. Each command appends its command line to the table's history
 (shown by \fBecgtool info\fR).
+.SH SHARDS, THREADS AND PRECISION
+An input table may be one file, \fB\-\fR, a folder of part files, a glob or a list: parts are
+read in name order as one table (they must share kind, schema version and columns).
+\fB\-\-shard K/N\fR (convert, preprocess, label, embed, predict, saliency) keeps the records whose
+id hashes to shard K of N (1 <= K <= N), the same records in every step, so the shards of a
+pipeline need no merge; inside a SLURM array job the shard comes from
+SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (said on stderr; \fB\-\-no\-shard\fR ignores them).
+examples/slurm/ has array-job scripts.
+.PP
+\fB\-@\fR/\fB\-\-threads N\fR (before or after the command) sets the threads of every command's work:
+readers, filters, Parquet encoding and the model on a CPU; the default is the usable cores.
+0, or more than the usable cores, is clamped with a note. \fBconvert \-j\fR is the same option.
+.PP
+Model commands (embed, predict) take \fB\-\-precision auto\fR by default: bfloat16 on a CPU with
+AVX512\-BF16 or AMX and on a CUDA GPU with bf16, float32 elsewhere; the choice is said once on
+stderr. \fB\-\-precision fp32\fR gives full float32 results (the same on every machine).
 .SH BAD RECORDS
 A bad record does not stop a long run: it gets a one-line error on stderr naming the
 record and the cause, and a count is printed at the end.

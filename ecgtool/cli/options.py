@@ -47,7 +47,7 @@ Model = Annotated[
     typer.Option("-m", "--model", metavar="MODEL", help="A registered model name, a .safetensors checkpoint, or a released .pt/.pth."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help="auto (bf16 where the CPU has AVX512-BF16/AMX or the GPU has bf16, else fp32; said once), fp32 or bf16 (autocast).")]
+Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help="auto (the default: bf16 where the CPU has AVX512-BF16/AMX or the GPU has bf16, else fp32; said once), fp32 or bf16 (autocast).")]
 Shard = Annotated[
     Optional[str],
     typer.Option(
@@ -173,7 +173,7 @@ class ModelRun:
     shard: Optional[str]
     no_shard: bool
     on_error: Optional[str]
-    precision: str = "fp32"
+    precision: str = "auto"
 
 
 def _opt(name: str, annotation, default) -> inspect.Parameter:
@@ -207,7 +207,7 @@ def model_run_options(batch_size: int = 32, precision: bool = True, output=Outpu
     argument and ``--device``, ``--precision``, ``--batch-size``, ``--shard``, ``--no-shard``, ``--on-error`` after
     its own options; the command receives them as one ``run: ModelRun``."""
     head = [_opt("model", Model, None), _opt("output", output, output_default), _opt("output_format", OutputFormat, None)]
-    tail = [_opt("device", Device, "auto"), *([_opt("precision", Precision, "fp32")] if precision else []),
+    tail = [_opt("device", Device, "auto"), *([_opt("precision", Precision, "auto")] if precision else []),
             _opt("batch_size", BatchSize, batch_size), _opt("shard", Shard, None), _opt("no_shard", NoShard, False),
             _opt("on_error", OnError, None)]
     return _inject(head, tail, "run", ModelRun)

@@ -56,7 +56,10 @@ def resolve_precision(spec: str | None, device: torch.device) -> str:
     if spec != "auto":
         raise UsageError(f"--precision {spec!r}: expected auto, fp32 or bf16")
     choice = "bf16" if has_bf16(device) else "fp32"
-    logging.getLogger("ecgtool").info(
-        "precision %s (auto: %s on this %s)", choice,
-        "it has native bf16" if choice == "bf16" else "no native bf16", "GPU" if device.type == "cuda" else "CPU")
+    where = "GPU" if device.type == "cuda" else "CPU"
+    if choice == "bf16":
+        logging.getLogger("ecgtool").info(
+            "precision bf16 (auto: this %s has native bf16; --precision fp32 for full float32)", where)
+    else:
+        logging.getLogger("ecgtool").info("precision fp32 (auto: this %s has no native bf16)", where)
     return choice

@@ -55,7 +55,6 @@ for path, table, meta, names, pos in loaded:
         cols[name] = col
     label_names += [n for n in names if n not in label_names]
 first_meta = loaded[0][2]
-meta = first_meta.derive(kind="labels", label_names=label_names,
-                         merged_from=[{"table": path, "label_names": names} for path, _, _, names, _ in loaded])
+meta = first_meta.derive(kind="labels", label_names=label_names)
 write_table(a.output, pa.table(cols), meta.add_step(sys.argv))
 print(f"{len(ids)} records, {len(label_names)} labels: {', '.join(label_names)}", file=sys.stderr)
