@@ -8,7 +8,8 @@
 # DATA, WORK, ECGTOOL, PYTHON as in train.sh; MODEL: the model to measure (default: the one in the package);
 # PREVIOUS: optionally a previous default model to compare with, side by side on the same resamples
 # (e.g. git show ffd3b93:ecgtool/data/models/default.safetensors > out/previous_default.safetensors),
-# preprocessed with PREVIOUS_PRESET (ecgfm-mini: the 100 Hz ECG-FM default of ecgtool 0.x).
+# preprocessed with PREVIOUS_PRESET (ecgfm-mini: the 100 Hz ECG-FM default of ecgtool 0.x); PRECISION: fp32
+# (default) or auto / bf16, the precision predict runs in.
 set -euo pipefail
 
 HERE=examples/default-model
@@ -42,12 +43,15 @@ et preprocess --preset ecgtool-default --rename ECG=I "$WORK/test.raw.parquet" -
 et preprocess --preset ecgtool-default --rename ECG=I --leads I "$WORK/test.raw.parquet" -o "$WORK/test.leadI.parquet"
 
 m=(${MODEL:+-m "$MODEL"})   # no -m: the packaged model
-et predict "${m[@]}" "$WORK/test.seg.parquet" -o "$WORK/pred.default.parquet"
-et predict "${m[@]}" "$WORK/test.leadI.parquet" -o "$WORK/pred.default.leadI.parquet"
+# float32 (PRECISION=auto: bf16 where the CPU has it, as predict does by default), so that the card's numbers
+# are the same on every machine
+p=(--precision "${PRECISION:-fp32}")
+et predict "${m[@]}" "${p[@]}" "$WORK/test.seg.parquet" -o "$WORK/pred.default.parquet"
+et predict "${m[@]}" "${p[@]}" "$WORK/test.leadI.parquet" -o "$WORK/pred.default.leadI.parquet"
 preds=(default="$WORK/pred.default.parquet" "default, lead I only"="$WORK/pred.default.leadI.parquet")
 if [[ -n "$PREVIOUS" ]]; then
   et preprocess --preset "$PREVIOUS_PRESET" --rename ECG=I "$WORK/test.raw.parquet" -o "$WORK/test.prev.parquet"
-  et predict -m "$PREVIOUS" "$WORK/test.prev.parquet" -o "$WORK/pred.previous.parquet"
+  et predict -m "$PREVIOUS" "${p[@]}" "$WORK/test.prev.parquet" -o "$WORK/pred.previous.parquet"
   preds+=(previous="$WORK/pred.previous.parquet")
 fi
 
