@@ -45,7 +45,7 @@ along a pipeline. Each command appends its command line to the table's history
 (shown by \fBecgtool info\fR).
 .SH SHARDS, THREADS AND PRECISION
 An input table may be one file, \fB\-\fR, a folder of part files, a glob or a list: parts are
-read in name order as one table (they must share kind, schema version and columns).
+read in name order as one table (a part whose columns differ from the first's is refused, naming it).
 \fB\-\-shard K/N\fR (convert, preprocess, label, embed, predict, saliency) keeps the records whose
 id hashes to shard K of N (1 <= K <= N), the same records in every step, so the shards of a
 pipeline need no merge; inside a SLURM array job the shard comes from
