@@ -328,7 +328,7 @@ def test_merl_preset_gives_the_contract_and_the_fixture_input(data_dir, fx, ref,
     # end to end: ecgtool embed on the raw records applies the preset and pools with the attention pool
     ck = tmp_path / "ck.safetensors"
     assert cli(["models", "import", fx / "res18_ckpt_reduced.pth", "-o", ck]).exit_code == 0
-    res = cli(["embed", "-m", ck, rec, "-o", tmp_path / "emb.npz"])
+    res = cli(["embed", "-m", ck, rec, "--precision", "fp32", "-o", tmp_path / "emb.npz"])
     assert res.exit_code == 0, res.stderr
     emb = np.load(tmp_path / "emb.npz", allow_pickle=True)["embedding"]
     assert emb.shape == (3, 28) and _err(emb, ref["proj_ecg_emb"]) <= 1e-5

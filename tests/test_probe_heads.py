@@ -237,7 +237,7 @@ def test_predict_crops_average_evenly_spaced_windows(data_dir, tmp_path):
     r = _run(["preprocess", "--preset", "ecgtool-default", "--rename", "ECG=I", "--length", "30",
               tmp_path / "rec.parquet", "-o", seg])
     assert r.exit_code == 0, r.output
-    r = _run(["predict", seg, "--crops", "3", "-o", tmp_path / "crops.parquet"])
+    r = _run(["predict", seg, "--crops", "3", "--precision", "fp32", "-o", tmp_path / "crops.parquet"])
     assert r.exit_code == 0, r.output
     assert "3 crop(s) of 2500 samples, evenly spaced (starts 0, 2500, 5000)" in r.stderr
     got, meta = read_table(tmp_path / "crops.parquet")
@@ -252,7 +252,7 @@ def test_predict_crops_average_evenly_spaced_windows(data_dir, tmp_path):
                                    m.extra["temperature"]).numpy() for a in (0, 2500, 5000)], axis=0)
     np.testing.assert_allclose(np.column_stack([got.column(n).to_numpy() for n in names]), p, atol=1e-5)
     # raw records: the preset's windows make way for the crops (CinC 2017's 'ECG' is taken as lead I)
-    r = _run(["predict", tmp_path / "rec.parquet", "--crops", "3", "-o", tmp_path / "crops_raw.parquet"])
+    r = _run(["predict", tmp_path / "rec.parquet", "--crops", "3", "--precision", "fp32", "-o", tmp_path / "crops_raw.parquet"])
     assert r.exit_code == 0, r.output
     raw, _ = read_table(tmp_path / "crops_raw.parquet")
     np.testing.assert_allclose(raw.column("AF").to_numpy(), got.column("AF").to_numpy(), atol=1e-5)

@@ -69,8 +69,8 @@ def ptb(tmp_path_factory, data_dir):
     run(["convert", "ptbxl/records100/00000", "--join", "ptbxl/ptbxl_database.csv", "-o", "ptbxl.parquet"], work)
     run(["label", "ptbxl.parquet", "--scp-column", "scp_codes", "--vocab", "ptbxl-superclass", "-o",
          "labels.parquet"], work)
-    run(["embed", "ptbxl.parquet", "-o", "all.emb.parquet"], work)
-    run(["embed", "ptbxl.parquet", "--pool", "none", "-o", "win.parquet"], work)
+    run(["embed", "ptbxl.parquet", "--precision", "fp32", "-o", "all.emb.parquet"], work)
+    run(["embed", "ptbxl.parquet", "--pool", "none", "--precision", "fp32", "-o", "win.parquet"], work)
     t, _ = read_table(work / "all.emb.parquet")
     num = np.array([int(r.split("_")[0]) for r in t.column("record_id").to_pylist()])
     write_like(work / "all.emb.parquet", work / "emb.parquet", num <= 40)
@@ -338,8 +338,8 @@ def test_compare_with_the_latest_earlier_ecg(ptb, tmp_path):
     ids = idx.meta.column("record_id").to_pylist()
     v = idx.vectors([ids.index("00039_lr"), ids.index("00034_lr")])
     assert row["distance"] == pytest.approx(1 - float(v[0] @ v[1]), abs=1e-4)
-    pred_q = run(["predict", q, "-o", tmp_path / "pq.parquet"])
-    pred_b = run(["predict", ptb / "ptbxl" / "records100" / "00000" / "00034_lr.hea", "-o", tmp_path / "pb.parquet"])
+    pred_q = run(["predict", q, "--precision", "fp32", "-o", tmp_path / "pq.parquet"])
+    pred_b = run(["predict", ptb / "ptbxl" / "records100" / "00000" / "00034_lr.hea", "--precision", "fp32", "-o", tmp_path / "pb.parquet"])
     assert pred_q and pred_b
     pq, pb = read_table(tmp_path / "pq.parquet")[0], read_table(tmp_path / "pb.parquet")[0]
     for name in meta.info["label_names"]:
@@ -379,7 +379,7 @@ def test_windows_find_their_own_record(tmp_path, data_dir):
     for hea in sorted((data_dir / "cinc2017").glob("A0*.hea"))[:40]:
         for ext in ("hea", "mat"):
             (cinc / f"{hea.stem}.{ext}").symlink_to(hea.with_suffix(f".{ext}"))
-    run(["embed", cinc, "--pool", "none", "-o", tmp_path / "cinc.win.parquet"])
+    run(["embed", cinc, "--pool", "none", "--precision", "fp32", "-o", tmp_path / "cinc.win.parquet"])
     emb = tmp_path / "cinc.win.parquet"
     run(["index", emb, "-o", tmp_path / "cinc.ecgidx"])
     run(["search", tmp_path / "cinc.ecgidx", emb, "-k", "1", "--exclude-self", "-o", tmp_path / "cinc.nn.parquet"])
