@@ -37,6 +37,10 @@ def test_no_shard_and_explicit(monkeypatch):
     for bad in ("0/3", "4/3", "x"):
         with pytest.raises(UsageError):
             parse_shard(bad)
+    # the message names the valid range of K for the N given
+    for bad, said in (("3/2", "between 1 and 2"), ("0/4", "between 1 and 4"), ("a/b", "K/N"), ("1/0", "at least 1")):
+        with pytest.raises(UsageError, match=said):
+            parse_shard(bad)
     ids = [f"r{i}" for i in range(300)]
     parts = [[r for r in ids if in_shard(r, (k, 3))] for k in (1, 2, 3)]
     assert sorted(sum(parts, [])) == sorted(ids) and all(parts)

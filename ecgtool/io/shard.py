@@ -54,9 +54,12 @@ def parse_shard(text: str | None, use_env: bool = True) -> tuple[int, int] | Non
     try:
         k, n = (int(x) for x in str(text).split("/"))
     except ValueError:
-        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise UsageError(f"--shard {text}: K must be between 1 and N")
+        raise UsageError(f"--shard {text!r}: expected K/N, two whole numbers with 1 <= K <= N, e.g. 1/4") from None
+    if n < 1:
+        raise UsageError(f"--shard {text}: N (the number of shards) must be at least 1", "e.g. --shard 1/4")
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and {n} (shards are numbered 1 to N)",
+                         f"e.g. --shard 1/{n} ... --shard {n}/{n}")
     return k, n
 
 
