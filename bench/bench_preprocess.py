@@ -19,6 +19,13 @@ Results are appended to bench/RESULTS.md under ``## preprocess``.
 
     python bench/bench_preprocess.py [--runs 3] [--no-memory] [--no-write]
     python bench/bench_preprocess.py --phases   # CPU time per phase, nothing written
+    python bench/bench_preprocess.py --io-bound [--runs 5] [--threads 2]
+
+3. ``--io-bound``: steady-state time of ``ecgtool preprocess --preset ecg-fm`` (the run over the 500
+   records minus the same command on a one-record table, its fixed start-up) against the I/O bound: a
+   plain pyarrow read of the input plus a write of the output table with the same encoding (zstd,
+   64-row row groups, no dictionary for the signal), timed inside one process (no start-up), on one
+   thread as pyarrow writes one file. Runs alternate; medians and minima are printed.
 """
 
 from __future__ import annotations
@@ -227,16 +234,70 @@ def phases(table: Path, tmp: Path) -> str:
             f"read + pipeline + Parquet write {t4 - t3:.2f}, reference loop (same read) {t5 - t4:.2f}")
 
 
+def bound_child(src: str, out: str, dest: str) -> None:
+    """The I/O bound, timed in-process: read ``src`` in full, write ``out``'s table to ``dest`` the way
+    ecgtool's writer encodes it; prints the seconds of read + write."""
+    import pyarrow.parquet as pq
+
+    from ecgtool.io.stream import PARQUET_ROW_GROUP, _leaf_paths
+
+    table = pq.read_table(out)  # loaded before the clock starts: what is timed is the write
+    t = time.perf_counter()
+    pf = pq.ParquetFile(src)
+    for rg in range(pf.num_row_groups):
+        pf.read_row_group(rg)
+    dict_cols = [p for f in table.schema if f.name != "signal" for p in _leaf_paths(f)]
+    with pq.ParquetWriter(dest, table.schema, compression="zstd", use_dictionary=dict_cols) as w:
+        w.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+    print(time.perf_counter() - t)
+
+
+def io_bound(table: Path, tmp: Path, runs: int, threads: int) -> str:
+    import pyarrow.parquet as pq
+
+    one = tmp / "one.parquet"
+    pq.write_table(pq.read_table(table).slice(0, 1), one)
+    out, out1 = tmp / "bound-out.parquet", tmp / "bound-out1.parquet"
+    cmd = PY + ["-@", str(threads), "preprocess", "--preset", "ecg-fm"]
+    full, single, bound = [], [], []
+    for _ in range(runs):
+        full.append(timed(cmd + [str(table), "-o", str(out)])[0])
+        single.append(timed(cmd + [str(one), "-o", str(out1)])[0])
+        r = subprocess.run([sys.executable, __file__, "--bound-child", str(table), str(out), str(tmp / "b.parquet")],
+                           check=True, env=CHILD_ENV, capture_output=True, text=True)
+        bound.append(float(r.stdout.split()[-1]))
+    steady = [f - o for f, o in zip(full, single)]
+    med = statistics.median
+    lines = [f"`python bench/bench_preprocess.py --io-bound --runs {runs} --threads {threads}` "
+             f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
+             f"{os.getloadavg()[0]:.1f}; output {pq.ParquetFile(out).metadata.num_rows} segments, "
+             f"{out.stat().st_size / 1e6:.0f} MB)", "",
+             "| run | median s | min s | all runs |", "|---|---|---|---|"]
+    for name, v in (("preprocess, 500 records (whole process)", full), ("preprocess, 1 record (start-up)", single),
+                    ("preprocess steady state (500 - 1)", steady),
+                    ("I/O bound: pyarrow read of the input + write of the output (in-process)", bound)):
+        lines.append(f"| {name} | {med(v):.2f} | {min(v):.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
+    lines += ["", f"Steady state / I/O bound: median {med(steady) / med(bound):.2f}×, "
+                  f"of minima {min(steady) / min(bound):.2f}× (target ≤ 1.25×)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     ap.add_argument("--phases", action="store_true", help="only print the CPU time of each phase")
+    ap.add_argument("--io-bound", action="store_true", help="steady state against the I/O bound (printed only)")
+    ap.add_argument("--threads", type=int, default=2, help="-@ for --io-bound")
     ap.add_argument("--reference", nargs=2, metavar=("TABLE", "OUT_DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--bound-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
         reference(*args.reference)
+        return
+    if args.bound_child:
+        bound_child(*args.bound_child)
         return
     if not DATA.exists():
         sys.exit(f"{DATA} is not here")
@@ -247,6 +308,9 @@ def main() -> None:
         made_by = build_table(table)
         if args.phases:
             print(phases(table, tmp))
+            return
+        if args.io_bound:
+            print(io_bound(table, tmp, args.runs, args.threads))
             return
         s = speed(table, args.runs, tmp)
         m = s["median"]
