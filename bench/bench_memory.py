@@ -9,7 +9,7 @@ ratio over a very small input measures how full those buffers were, not growth.
 Inputs: CinC 2017 records from ../shared/data/cinc2017 (single lead, 9-61 s at 300 Hz; the first N
 by name), converted, preprocessed with the default model's preset and labelled once per size; each
 command then reads the table the step before it wrote. ``embed`` and ``predict`` use the bundled default
-model; ``saliency`` runs on the first tenth of each size (it costs a backward pass per record).
+model; ``saliency`` runs on the first hundredth of each size (it costs a backward pass per record).
 
     python bench/bench_memory.py [--sizes 500,5000] [--data ../shared/data/cinc2017]
 
@@ -77,7 +77,7 @@ def main() -> None:
             subprocess.run([*exe, "preprocess", str(raw), "--preset", "ecgtool-default", "--rename", "ECG=I",
                             "-o", str(seg)], check=True, env=CHILD_ENV, stderr=subprocess.DEVNULL)
             few_listing = d / "few.txt"
-            few_listing.write_text("".join(f"{r}.hea\n" for r in records[:max(1, n // 10)]))
+            few_listing.write_text("".join(f"{r}.hea\n" for r in records[:max(1, n // 100)]))
             subprocess.run([*exe, "convert", "-", "-o", str(d / "few_raw.parquet")], stdin=open(few_listing),
                            check=True, env=CHILD_ENV, stderr=subprocess.DEVNULL)
             subprocess.run([*exe, "preprocess", str(d / "few_raw.parquet"), "--preset", "ecgtool-default",

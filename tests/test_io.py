@@ -285,7 +285,7 @@ def test_background_writer_matches_direct_and_surfaces_errors(tmp_path):
 
     with pytest.raises(OSError, match="No space left"):
         with TableWriter(tmp_path / "bad.parquet", batch.schema, meta, background=True) as w:
-            w._w.write_table = full_disk
+            w._w._w.write_table = full_disk  # the Encoder's ParquetWriter
             for start in range(0, batch.num_rows, 64):
                 w.write(batch.slice(start, 64))
     assert list(tmp_path.glob("bad*")) == [] and list(tmp_path.glob(".bad*")) == []
@@ -313,9 +313,12 @@ def test_output_follows_symlinks_writes_fifos_in_place_and_honours_umask(tmp_pat
         _write(fifo, rows, fmt="arrow")
         reader.join(10)
         assert fifo.is_fifo() and got and got[0][:4] == b"\xff\xff\xff\xff"
+        # an existing folder gets part files (ecgtool.io.parts), whatever its name; a file with a / is refused
         (tmp_path / "dir.parquet").mkdir()
-        with pytest.raises(UsageError, match="is a folder"):
-            _write(tmp_path / "dir.parquet", rows)
+        _write(tmp_path / "dir.parquet", rows)
+        assert sorted(p.name for p in (tmp_path / "dir.parquet").iterdir()) == ["part-00000.parquet"]
+        with pytest.raises(UsageError, match="is a file, not a folder"):
+            _write(f"{tmp_path}/new.parquet/", rows)
     finally:
         os.umask(old)
 
@@ -347,7 +350,13 @@ def test_a_folder_or_glob_of_part_files_reads_as_one_table(data_dir, tmp_path, c
     # parts of another kind are refused, naming the part
     assert cli(["preprocess", "--preset", "ecg-fm", parts / "part0.parquet", "-o", parts / "seg.parquet"]).exit_code == 0
     r = cli(["info", parts])
-    assert r.exit_code == 1 and "seg.parquet" in r.stderr and "columns differ" in r.stderr
+    assert r.exit_code == 1 and "seg.parquet" in r.stderr and "part0.parquet" in r.stderr
+    assert "differ in kind: a segments table and a records table" in r.stderr
+    # same kind, other columns: refused too, before any row
+    assert cli(["convert", heas[0], "--join", data_dir / "ptbxl-500" / "ptbxl_database.csv",
+                "-o", parts / "seg.parquet"]).exit_code == 0
+    r = cli(["info", parts])
+    assert r.exit_code == 1 and "seg.parquet: its columns differ from" in r.stderr
 
 
 def test_provenance_is_the_command_line_passed_down(tmp_path, cli):

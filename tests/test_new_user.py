@@ -17,10 +17,14 @@ def _record(data_dir):
 
 
 def test_output_paths_are_never_guessed(data_dir, tmp_path, reference_dir):
-    # a trailing slash names a folder: refused when it does not exist, and nothing is written
-    r = _ecgtool("convert", _record(data_dir), "-o", f"{tmp_path}/newdir/")
-    assert r.returncode == 2 and b"is a folder, and it does not exist" in r.stderr
+    # a trailing slash names a folder of part files: the folder itself is made, never its parents
+    r = _ecgtool("convert", _record(data_dir), "-o", f"{tmp_path}/deep/newdir/")
+    assert r.returncode == 2 and b"does not exist" in r.stderr
     assert list(tmp_path.iterdir()) == []
+    r = _ecgtool("convert", _record(data_dir), "-o", f"{tmp_path}/newdir/")
+    assert r.returncode == 0 and [p.name for p in (tmp_path / "newdir").iterdir()] == ["part-00000.parquet"]
+    (tmp_path / "newdir" / "part-00000.parquet").unlink()
+    (tmp_path / "newdir").rmdir()
     # parent folders are not created unasked
     r = _ecgtool("models", "import", reference_dir / "fixtures" / "ecgfounder" / "12_lead_reduced.pth",
                  "-o", tmp_path / "nonexistent" / "dir" / "x.safetensors")

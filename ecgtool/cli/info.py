@@ -17,6 +17,9 @@ def info(
 ) -> None:
     """Describe a table: kind, rows, columns, sampling rates, lead sets, lengths, labels, history.
 
+    A folder of part files (or a glob) is described as the one table it is: rows over every part, and
+    the number of part files.
+
     \b
     Examples:
       ecgtool info records.parquet
@@ -41,7 +44,8 @@ def _print_text(d: dict) -> None:
 
     con = console(soft_wrap=True)
     con.print(f"[bold]{d['kind']}[/bold] table ({d['format']}, format {d['format_version']}): {d['rows']} rows"
-              + (f" from {d['records']} records" if "records" in d else ""))
+              + (f" from {d['records']} records" if "records" in d else "")
+              + (f" in {d['parts']} part file{'s' if d['parts'] != 1 else ''}" if "parts" in d else ""))
     if "sampling_rates" in d:
         con.print("sampling rates: " + ", ".join(f"{k} Hz × {v}" for k, v in d["sampling_rates"].items()))
     if "signal_shape" in d:
@@ -58,8 +62,8 @@ def _print_text(d: dict) -> None:
     for name, typ in d["columns"].items():
         t.add_row(name, typ)
     con.print(t)
-    skip = {"kind", "format", "format_version", "rows", "records", "columns", "sampling_rates", "lead_sets",
-            "duration_s", "signal_shape", "history"}
+    skip = {"kind", "format", "format_version", "rows", "parts", "records", "columns", "sampling_rates",
+            "lead_sets", "duration_s", "signal_shape", "history"}
     for key, value in d.items():
         if key in skip:
             continue

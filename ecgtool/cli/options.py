@@ -19,7 +19,10 @@ Inputs = Annotated[
 ]
 Output = Annotated[
     str,
-    typer.Option("-o", "--output", metavar="FILE", help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise)."),
+    typer.Option("-o", "--output", metavar="FILE",
+                 help="Output file; '-' for stdout (Arrow IPC stream unless -O says otherwise); a folder (a name "
+                 "ending in /, or an existing folder) gets part files part-00000.parquet, ... encoded in parallel "
+                 "(-@), which every command reads as one table; {part} in a name names them (out/x-{part}.parquet)."),
 ]
 OutputFormat = Annotated[
     Optional[str],
@@ -54,7 +57,8 @@ Shard = Annotated[
         "--shard",
         metavar="K/N",
         help="K/N: process shard K of N (records split by a stable hash of record_id; the output name gets "
-        ".shardKofN, or replaces {shard}). Default: from SLURM_ARRAY_TASK_ID/COUNT when set.",
+        ".shardKofN, or replaces {shard}; a folder -o gets part files part-shardKofN-00000.parquet, ..., so "
+        "the N shards share it). Default: from SLURM_ARRAY_TASK_ID/COUNT when set.",
     ),
 ]
 NoShard = Annotated[bool, typer.Option("--no-shard", help="Ignore SLURM array variables: process every record.")]

@@ -12,7 +12,8 @@ from ecgtool.cli.app import app
 from ecgtool.cli.options import Inputs, ModelRun, model_run_options
 
 PredictOutput = Annotated[
-    str, typer.Option("-o", "--output", metavar="FILE", help="Output table; default: a summary on a terminal, else stdout.")
+    str, typer.Option("-o", "--output", metavar="FILE", help="Output table (a file, or a folder/ of part files); "
+                      "default: a summary on a terminal, else stdout.")
 ]
 
 

@@ -29,7 +29,7 @@ def search(
         help="hnsw: candidate list while searching (higher: better recall, slower; default: the index's "
         "ef_search, at least -k).")] = None,
     model: Model = None,
-    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="Output table; default: a readable list on a terminal, else stdout.")] = "",
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="Output table (a file, or a folder/ of part files); default: a readable list on a terminal, else stdout.")] = "",
     output_format: Annotated[Optional[str], typer.Option("-O", "--output-format", metavar="FORMAT", help="parquet, arrow, npz, or text (the readable list, also in a pipe); default: from -o, a list on a terminal, else Arrow.")] = None,
     device: Device = "auto",
     batch_size: BatchSize = 256,

@@ -124,9 +124,10 @@ def convert(
     if wrap is not None:
         chunks = wrap(chunks, (len(found.items) + batch_size - 1) // batch_size)
     # Row groups of one batch: each chunk is encoded in a background thread as soon as it arrives,
-    # while the next ones are read (by the workers, or by this process).
-    with TableWriter(dest, schema, meta, fmt=fmt, compression=compression,
-                     row_group_size=min(batch_size, 256), background=True, errors=errors) as writer:
+    # while the next ones are read (by the workers, or by this process); a folder ``dest`` gets part
+    # files encoded in parallel, as many as make every thread busy (``expected_rows``).
+    with TableWriter(dest, schema, meta, fmt=fmt, compression=compression, row_group_size=min(batch_size, 256),
+                     background=True, errors=errors, expected_rows=len(found.items)) as writer:
         for batch in chunk_batches(chunks, errors, unknown):
             for j in joins:
                 batch = j.apply(batch)

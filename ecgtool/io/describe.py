@@ -28,7 +28,8 @@ def _lengths(col: pa.Array) -> np.ndarray:
 
 
 def describe(reader: TableReader) -> dict[str, Any]:
-    """Kind, rows, columns, sampling rates, lead sets, lengths, labels, history."""
+    """Kind, rows, columns, sampling rates, lead sets, lengths, labels, history; for several part files read
+    as one table (a folder), all of them: rows over every part, and ``parts``, their number."""
     meta = reader.meta
     rows = 0
     fs_counts: Counter = Counter()
@@ -56,6 +57,9 @@ def describe(reader: TableReader) -> dict[str, Any]:
         "rows": rows,
         "columns": {f.name: str(f.type) for f in reader.schema},
     }
+    parts = getattr(reader, "parts", None)  # a folder, a glob or a list of part files read as one table
+    if parts is not None:
+        out["parts"] = len(parts)
     if records:
         out["records"] = len(records)
     if fs_counts:

@@ -81,12 +81,23 @@ class AtomicOutput:
 
     def commit(self) -> None:
         """Flush, sync and move the file into place."""
-        self.fh.flush()
-        if self._tmp is None:
-            self.fh.close()
+        self.finish()
+        self.publish()
+
+    def finish(self) -> None:
+        """Flush, sync and close the temporary file, not yet moved into place (any thread may call this)."""
+        if self.fh.closed:
             return
-        os.fsync(self.fh.fileno())
+        self.fh.flush()
+        if self._tmp is not None:
+            os.fsync(self.fh.fileno())
         self.fh.close()
+
+    def publish(self) -> None:
+        """Move the finished file into place (see :meth:`finish`)."""
+        self.finish()
+        if self._tmp is None:
+            return
         with no_interruption():
             os.chmod(self._tmp, self._mode)
             os.replace(self._tmp, self.target)
@@ -102,6 +113,72 @@ class AtomicOutput:
             if self._tmp and os.path.exists(self._tmp):
                 os.unlink(self._tmp)
             self._tmp = None
+
+
+class AtomicFolder:
+    """Several files written into one folder, all or nothing: ``out = AtomicFolder(folder)``; ``out.file(name)``
+    for each (an :class:`AtomicOutput`: a hidden temporary file in the folder, which nothing reading the folder
+    sees); then ``out.commit()`` moves them all into place, or ``out.discard()`` removes them, and the folder
+    too when this object created it and nothing else was put in it meanwhile (another shard's files).
+
+    The folder is created when it does not exist (its parent must); a path that is a file is refused.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = str(folder)
+        self.folder = Path(os.path.realpath(self.path))
+        self.created = False
+        self._files: list[AtomicOutput] = []
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UsageError(f"{self.path} is a file, not a folder",
+                             "give a folder name ending in / for part files, or a file name without the /")
+        if not self.folder.exists():
+            if not self.folder.parent.is_dir():
+                raise UsageError(f"{self.path}: folder {self.folder.parent} does not exist",
+                                 "only the output folder itself is created: make its parent first (mkdir -p), "
+                                 "or write elsewhere")
+            with no_interruption():
+                try:
+                    os.mkdir(self.folder)
+                    self.created = True
+                except FileExistsError:  # another shard made it first
+                    pass
+
+    def file(self, name: str) -> AtomicOutput:
+        """A new file ``name`` in the folder, written to a temporary file until :meth:`commit`."""
+        with no_interruption():  # recorded before a signal can land
+            out = AtomicOutput(self.folder / name)
+            self._files.append(out)
+        return out
+
+    def commit(self) -> None:
+        """Finish every file and move them all into place."""
+        for out in self._files:
+            out.finish()
+        done: list[AtomicOutput] = []
+        with no_interruption():
+            try:
+                for out in self._files:
+                    out.publish()
+                    done.append(out)
+            except BaseException:  # all or nothing: the files already moved into place go too
+                for out in done:
+                    with contextlib.suppress(OSError):
+                        os.unlink(out.target)
+                raise
+
+    def discard(self) -> None:
+        """Remove every temporary file, and the folder if this object created it and it is empty."""
+        for out in self._files:
+            out.discard()
+        self._files = []
+        if self.created:
+            with no_interruption():
+                try:
+                    os.rmdir(self.folder)
+                except OSError:  # not empty: another shard writes into it too
+                    pass
+            self.created = False
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -94,12 +94,20 @@ def shard_batches(batches, shard: tuple[int, int] | None, column: str = "record_
 
 
 def shard_path(path: str, shard: tuple[int, int] | None) -> str:
-    """``emb.parquet`` -> ``emb.shard1of4.parquet`` (``{shard}`` in the name is replaced instead)."""
+    """``emb.parquet`` -> ``emb.shard1of4.parquet`` (``{shard}`` in the name is replaced instead).
+
+    A folder output (``out/``: :func:`ecgtool.io.parts.is_folder_output`) gets part files of the shard's own
+    names, so that N shards write into one folder: ``out/part-shard1of4-{part}`` (``part-shard1of4-00000.parquet``,
+    ...); a part-file template ``out/x-{part}.parquet`` becomes ``out/x-{part}.shard1of4.parquet``."""
     if shard is None or path == "-":
         return path
     k, n = shard
     tag = f"shard{k}of{n}"
     if "{shard}" in path:
         return path.replace("{shard}", tag)
+    from ecgtool.io.parts import PLACEHOLDER, is_folder_output
+
+    if is_folder_output(path) and PLACEHOLDER not in os.path.basename(path):
+        return os.path.join(path, f"part-{tag}-{PLACEHOLDER}")
     root, ext = os.path.splitext(path)
     return f"{root}.{tag}{ext}"

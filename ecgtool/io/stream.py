@@ -8,7 +8,9 @@
   the exception: numpy's format needs whole arrays, so it is meant for
   exports that fit in memory).
 * Output files are written to a temporary file beside the target and renamed
-  on success; a failed command leaves nothing behind.
+  on success; a failed command leaves nothing behind. An output folder gets
+  part files encoded in parallel (:mod:`ecgtool.io.parts`); several part files
+  (a folder, a glob) are read as one table (:class:`PartsReader`).
 """
 
 from __future__ import annotations
@@ -292,7 +294,14 @@ def table_parts(src) -> list[str] | None:
 class PartsReader:
     """Several tables (shards, part files) read one after another as one table.
 
-    Every part must have the first one's columns and types; ``meta`` is the first's."""
+    Every part is opened when the reader is (a Parquet part's footer, an Arrow file's schema: metadata
+    only), so that before any row is produced a part that is truncated or corrupt is named with its
+    cause, and one of another kind of table, another format version, another normalisation or other
+    columns is refused, naming both files and what differs. ``meta`` is the first part's;
+    ``num_rows`` sums the parts' (None when a part does not say, e.g. an Arrow stream)."""
+
+    # table metadata every part must share with the first (the history differs: e.g. --shard)
+    SAME_META = (("kind", "a {} table"), ("format_version", "{}"), ("normalisation", "{}"))
 
     def __init__(self, parts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1):
         if not parts:
@@ -304,24 +313,38 @@ class PartsReader:
         self._current = first
         self.schema, self.meta, self.format = first.schema, first.meta, first.format
         self._plain = first.schema.remove_metadata()
-        rows = []
-        for path in parts:
-            n = _parquet_rows(path)
-            rows.append(n)
+        try:
+            rows = [getattr(first, "num_rows", None)] + [self._check(path) for path in parts[1:]]
+        except BaseException:
+            first.close()
+            raise
         self.num_rows = sum(rows) if all(n is not None for n in rows) else None
         if len(parts) > 1:
             log.info("reading %d tables as one (%s ... %s)", len(parts), parts[0], parts[-1])
         self._iter = self._batches()
+
+    def _check(self, path: str) -> int | None:
+        """Open part ``path`` (its metadata only) and compare it with the first; its row count if known."""
+        with TableReader(path, batch_size=self.batch_size) as r:
+            meta, plain, rows = r.meta, r.schema.remove_metadata(), getattr(r, "num_rows", None)
+        fix = ("a folder or glob read as one table holds the parts of one table: move the other files out, "
+               "or name the parts to read")
+        for key, what in self.SAME_META:
+            mine, theirs = getattr(self.meta, key), getattr(meta, key)
+            if mine != theirs:
+                shown = [what.format("unset" if v is None else v) for v in (theirs, mine)]
+                raise InputError(f"{path} and {self.parts[0]} differ in {key.replace('_', ' ')}: "
+                                 f"{shown[0]} and {shown[1]}", fix)
+        if plain != self._plain:
+            diff = sorted(set(map(str, plain)) ^ set(map(str, self._plain)))
+            raise InputError(f"{path}: its columns differ from {self.parts[0]}'s ({'; '.join(diff[:4])})", fix)
+        return rows
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
         for i, path in enumerate(self.parts):
             reader = self._current if i == 0 else TableReader(path, batch_size=self.batch_size, threads=self.threads)
             self._current = reader
             try:
-                if i and reader.schema.remove_metadata() != self._plain:
-                    diff = sorted(set(map(str, reader.schema.remove_metadata())) ^ set(map(str, self._plain)))
-                    raise InputError(f"{path}: its columns differ from {self.parts[0]}'s ({'; '.join(diff[:4])})",
-                                     "read tables of one kind made by the same steps together")
                 for batch in reader:
                     yield batch.replace_schema_metadata(self.schema.metadata) if i else batch
             finally:
@@ -341,16 +364,6 @@ class PartsReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _parquet_rows(path: str) -> int | None:
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PAR1":
-                return None
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, pa.ArrowException):
-        return None
 
 
 def open_table(src, batch_size: int = DEFAULT_BATCH_SIZE, threads: int = 1) -> TableReader:
@@ -555,15 +568,95 @@ def refuse_terminal(dest: str) -> None:
         )
 
 
+def nothing_written(dest: str, n: int) -> InputError:
+    """The error of a writer closed when every record failed (nothing is left at ``dest``)."""
+    return InputError(f"nothing written to {dest}: {'the' if n == 1 else f'all {n}'} "
+                      f"record{'s' if n != 1 else ''} failed", "the lines above name each record and its cause")
+
+
+class Encoder:
+    """The Parquet or Arrow IPC encoding of one file (what :class:`TableWriter` and the part files of
+    :class:`ecgtool.io.parts.PartsWriter` share): batches in, row groups of ``row_group`` rows out.
+
+    Parquet: zstd; dictionary encoding for every column except fixed-shape signals and embeddings
+    (raw signals hold few distinct values, ADC steps times a gain, so it makes converted tables ~40%
+    smaller at the same write time; normalised samples and embeddings are all distinct, so there it is
+    only overhead); no min/max statistics for the signal's samples (they cost encoding time and no
+    reader filters on them). pyarrow matches both options against leaf paths
+    (signal.list.element.list.element), so nested columns are named by theirs (:func:`_leaf_paths`).
+    """
+
+    def __init__(self, fh, schema: pa.Schema, fmt: str, compression: str = "zstd",
+                 row_group: int = PARQUET_ROW_GROUP, ipc_file: bool = True):
+        self.schema, self.format, self._row_group = schema, fmt, row_group
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        if fmt == "parquet":
+            plain = {S.EMBEDDING}
+            if S.SIGNAL in schema.names and S.is_fixed_signal(schema.field(S.SIGNAL).type):
+                plain.add(S.SIGNAL)
+            dict_cols = [path for f in schema if f.name not in plain for path in _leaf_paths(f)]
+            stats_cols = [path for f in schema if f.name != S.SIGNAL for path in _leaf_paths(f)]
+            self._w = pq.ParquetWriter(fh, schema, compression=compression, use_dictionary=dict_cols,
+                                       write_statistics=stats_cols)
+        elif fmt == "arrow":
+            self._w = ipc.new_file(fh, schema) if ipc_file else ipc.new_stream(fh, schema)
+        else:
+            raise ValueError(f"Encoder writes parquet or arrow, not {fmt!r}")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.format == "arrow":
+            self._w.write_batch(batch)
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= self._row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._w.write_table(table, row_group_size=self._row_group)
+            self._pending = []
+            self._pending_rows = 0
+
+    def close(self) -> None:
+        """Write what is pending and the file's footer."""
+        self._flush()
+        self._w.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        try:
+            self._w.close()
+        except Exception:
+            pass
+
+
 class TableWriter:
-    """Write batches to a file (atomically) or to stdout.
+    """Write batches to a file (atomically), to stdout, or to a folder of part files.
 
     The schema (with its metadata) is fixed when the writer opens; every batch
     is conformed to it. With ``background=True`` encoding and writing run in a
     thread, at most two batches behind :meth:`write`, so that they overlap with
     the caller's work (Parquet encoding releases the GIL); errors surface at the
     next ``write`` or at ``close``.
+
+    A ``dest`` that names a folder (ends in ``/``, is an existing folder, or has
+    ``{part}`` in its name) gives a :class:`ecgtool.io.parts.PartsWriter`
+    instead, with the same interface: part files encoded in ``threads`` threads
+    (default: ``-@``), rolled over at about 64 MiB, or into at least 8 parts of
+    ``expected_rows`` (when the caller knows how many rows it will write). Every
+    command that writes a table opens it here, so each accepts a folder ``-o``.
     """
+
+    def __new__(cls, dest, *args, **kwargs):
+        if cls is TableWriter:
+            from ecgtool.io.parts import PartsWriter, is_folder_output
+
+            if is_folder_output(dest):
+                return PartsWriter(dest, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -575,7 +668,10 @@ class TableWriter:
         compression: str = "zstd",
         background: bool = False,
         errors=None,
+        expected_rows: int | None = None,
+        threads: int | None = None,
     ):
+        # expected_rows and threads concern folder output (PartsWriter) only
         # errors (a RecordErrors): when every record failed and no row was written, close() leaves no file
         self._errors = errors
         self.dest = str(dest)
@@ -586,8 +682,6 @@ class TableWriter:
         self.meta = meta
         self.rows = 0
         self._row_group = row_group_size
-        self._pending: list[pa.RecordBatch] = []
-        self._pending_rows = 0
         self._closed = False
         self._out = None
         self._background = background
@@ -616,23 +710,11 @@ class TableWriter:
             self._ready = True
 
     def _open_writer(self, compression) -> None:
-        if self.format == "parquet":
-            # Dictionary encoding: raw signals hold few distinct values (ADC steps times a gain), so it makes
-            # converted tables ~40% smaller at the same write time; normalised samples and embeddings are
-            # all distinct, so there it is only overhead.
-            # pyarrow matches use_dictionary against leaf paths (signal.list.element.list.element), so nested
-            # columns are named by theirs.
-            plain = {S.EMBEDDING}
-            if S.SIGNAL in self.schema.names and S.is_fixed_signal(self.schema.field(S.SIGNAL).type):
-                plain.add(S.SIGNAL)
-            dict_cols = [path for f in self.schema if f.name not in plain for path in _leaf_paths(f)]
-            self._w = pq.ParquetWriter(self._fh, self.schema, compression=compression, use_dictionary=dict_cols)
-        elif self.format == "arrow":
+        if self.format in ("parquet", "arrow"):
+            # an Arrow file on disk is the IPC file format, except for .arrows; a pipe gets the stream format
             regular_file = self._out is not None and self._out._tmp is not None
-            if regular_file and Path(self.dest).suffix.lower() != ".arrows":
-                self._w = ipc.new_file(self._fh, self.schema)
-            else:
-                self._w = ipc.new_stream(self._fh, self.schema)
+            ipc_file = regular_file and Path(self.dest).suffix.lower() != ".arrows"
+            self._w = Encoder(self._fh, self.schema, self.format, compression, self._row_group, ipc_file=ipc_file)
         else:
             self._w = None
             self._npz: list[pa.RecordBatch] = []
@@ -672,24 +754,12 @@ class TableWriter:
 
     def _write_now(self, batch: pa.RecordBatch) -> None:
         self._writer()
-        if self.format == "parquet":
-            self._pending.append(batch)
-            self._pending_rows += batch.num_rows
-            if self._pending_rows >= self._row_group:
-                self._flush()
-        elif self.format == "arrow":
-            self._w.write_batch(batch)
-            if self.dest == "-":
+        if self._w is not None:
+            self._w.write(batch)
+            if self.format == "arrow" and self.dest == "-":
                 self._fh.flush()
         else:
             self._npz.append(batch)
-
-    def _flush(self) -> None:
-        if self._pending:
-            table = pa.Table.from_batches(self._pending, schema=self.schema)
-            self._w.write_table(table, row_group_size=self._row_group)
-            self._pending = []
-            self._pending_rows = 0
 
     def close(self) -> None:
         """Finish the file and move it into place (or remove it if finishing fails)."""
@@ -697,10 +767,7 @@ class TableWriter:
             return
         if self.rows == 0 and self._errors is not None and self._errors.count:
             self.abort()
-            n = self._errors.count
-            raise InputError(f"nothing written to {self.dest}: {'the' if n == 1 else f'all {n}'} "
-                             f"record{'s' if n != 1 else ''} failed",
-                             "the lines above name each record and its cause")
+            raise nothing_written(self.dest, self._errors.count)
         try:
             self._finish()
         except BaseException:
@@ -711,10 +778,7 @@ class TableWriter:
     def _finish(self) -> None:
         self._drain()
         self._writer()
-        if self.format == "parquet":
-            self._flush()
-            self._w.close()
-        elif self.format == "arrow":
+        if self._w is not None:
             self._w.close()
         else:
             table = pa.Table.from_batches(self._npz, schema=self.schema)
@@ -731,10 +795,7 @@ class TableWriter:
         self._closed = True
         self._drain(cancel=True)
         if self._w is not None:
-            try:
-                self._w.close()
-            except Exception:
-                pass
+            self._w.abort()
         if self.dest == "-":
             return
         self._out.discard()

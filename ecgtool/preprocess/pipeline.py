@@ -448,7 +448,9 @@ def preprocess_table(
     def open_writer():
         schema = pre.output_schema(reader.schema)
         meta = pre.output_meta(reader.meta).add_step(argv)
-        return TableWriter(dest, schema, meta, fmt=fmt, background=True, errors=pre.errors)
+        # a folder dest: part files encoded in parallel, at least as many as the input's rows make busy threads
+        return TableWriter(dest, schema, meta, fmt=fmt, background=True, errors=pre.errors,
+                           expected_rows=getattr(reader, "num_rows", None))
 
     try:
         for batch in batches if batches is not None else reader:
