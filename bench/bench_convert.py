@@ -1,20 +1,20 @@
-"""`ecgtool convert` speed against a plain `wfdb.rdrecord` loop.
+"""`ecgtool convert` steady-state speed against a plain `wfdb.rdrecord` loop.
 
-Baseline: ``for each record: wfdb.rdrecord(path)`` in this process, writing
-nothing. Candidates, run side by side with it in the same run (interleaved,
-so that load from other processes hits all of them alike):
+Steady state: the time of a run over the whole input minus the same run over one record of it (its fixed
+start-up: the interpreter, imports, opening the output), so that what is compared is what grows with the
+archive. Both numbers are printed.
 
-* ``convert`` (library call, Parquet output, ``--workers`` processes);
-* ``ecgtool convert DIR -o X.parquet -j N`` as a command (includes the
-  interpreter start-up and imports);
-* the same library call writing an Arrow IPC file instead of Parquet, to
-  show what the Parquet encoding costs.
+* Baseline: ``for each record: wfdb.rdrecord(path)`` in this process, writing nothing (the loop over all
+  records minus the loop over one).
+* ``ecgtool -@ T convert INPUT -o out.parquet`` (one Parquet file) and ``-o out/`` (a folder of part
+  files, encoded in parallel), for T = 1 and 2; and ``-o out.arrow`` (Arrow IPC: what Parquet encoding
+  costs).
 
-Prints the median seconds of each, records per second and the ratio to the
-baseline; ``--append`` adds the table to bench/RESULTS.md under "## convert".
+All runs are interleaved, ``--repeats`` times; medians (and the minimum over the repeats) are printed,
+with the parallel efficiency from 1 to 2 threads (steady rate at 2 / twice the steady rate at 1).
 
-    python bench/bench_convert.py --repeats 5 --workers 2
-    python bench/bench_convert.py ../shared/data/ptbxl-500/records500 --repeats 5 --workers 2 --append
+    python bench/bench_convert.py [FOLDER] [--repeats 5] [--append]
+    python bench/bench_convert.py ../shared/data/cinc2017 --repeats 5
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,73 +49,88 @@ def rdrecord_loop(records: list[str]) -> None:
         wfdb.rdrecord(r)
 
 
+def command(args: list[str]):
+    def run():
+        subprocess.run([sys.executable, "-m", "ecgtool", "-q", *args], check=True, env=CHILD_ENV,
+                       stderr=subprocess.DEVNULL)
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--append", action="store_true", help="append the results to bench/RESULTS.md")
     args = ap.parse_args()
 
     import wfdb  # noqa: F401  (imported before timing, as a user's loop would have it)
 
-    from ecgtool.convert import convert
-
     folder = Path(args.folder)
     records = headers(folder)
     n = len(records)
+    one = records[0] + ".hea"
     tmp = Path(tempfile.mkdtemp(prefix="bench_convert_"))
-    out_pq, out_arrow, out_cli = tmp / "x.parquet", tmp / "x.arrow", tmp / "cli.parquet"
-    cmd = [sys.executable, "-m", "ecgtool", "-q", "convert", str(folder), "-o", str(out_cli), "-j", str(args.workers)]
-    cmd1 = cmd[:-1] + ["1"]
-    subprocess.run(cmd1, check=True, env=CHILD_ENV)  # warm-up: byte-code cache, file cache
 
-    runs = {
-        "wfdb.rdrecord loop (baseline, writes nothing)": lambda: rdrecord_loop(records),
-        f"convert -> Parquet, library, {args.workers} workers": lambda: convert([str(folder)], str(out_pq),
-                                                                             workers=args.workers, argv=["bench"]),
-        "convert -> Parquet, library, 1 process": lambda: convert([str(folder)], str(out_pq), workers=1,
-                                                                  argv=["bench"]),
-        f"ecgtool convert -> Parquet, command, -j {args.workers}": lambda: subprocess.run(cmd, check=True,
-                                                                                       env=CHILD_ENV),
-        "ecgtool convert -> Parquet, command, -j 1": lambda: subprocess.run(cmd1, check=True, env=CHILD_ENV),
-        f"convert -> Arrow IPC, library, {args.workers} workers": lambda: convert([str(folder)], str(out_arrow),
-                                                                               workers=args.workers, argv=["bench"]),
-    }
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    def out(name: str) -> str:
+        p = tmp / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        return str(p) + ("/" if name.endswith("dir") else "")
+
+    candidates: dict[str, tuple] = {"wfdb.rdrecord loop (baseline, writes nothing)":
+                                    (lambda: rdrecord_loop(records), lambda: rdrecord_loop(records[:1]))}
+    for t in (1, 2):
+        for kind, name in (("one Parquet file", "x.parquet"), ("folder of Parquet parts", "xdir"),
+                           ("Arrow IPC file", "x.arrow")):
+            if kind.startswith("Arrow") and t == 1:
+                continue
+            candidates[f"`ecgtool -@ {t} convert` -> {kind}"] = (
+                lambda t=t, name=name: command(["-@", str(t), "convert", str(folder), "-o", out(name)])(),
+                lambda t=t, name=name: command(["-@", str(t), "convert", one, "-o", out(name)])())
+    for full, single in candidates.values():  # warm-up: byte-code cache, file cache
+        single()
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in candidates}
+    load = os.getloadavg()[0]
     for _ in range(args.repeats):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    base = statistics.median(times[next(iter(runs))])
+        for name, (full, single) in candidates.items():
+            for fn, acc in ((full, times[name][0]), (single, times[name][1])):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+    med = statistics.median
+    steady = {k: med(f) - med(s) for k, (f, s) in times.items()}
+    base = steady[next(iter(candidates))]
     lines = [
-        f"{n} records from {folder} ({dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, "
-        f"{len(os.sched_getaffinity(0))} CPUs usable, load average before: {os.getloadavg()[0]:.1f}, Python {platform.python_version()}); "
-        f"medians of {args.repeats} interleaved runs",
+        f"{n} records from {folder.relative_to(ROOT.parent) if folder.is_relative_to(ROOT.parent) else folder} "
+        f"({dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, {len(os.sched_getaffinity(0))} CPUs "
+        f"usable, load average before: {load:.1f}, after: {os.getloadavg()[0]:.1f}, Python {platform.python_version()}); "
+        f"medians of {args.repeats} interleaved runs; steady = all records - one record",
         "",
-        "| run | median s | records/s | × baseline |",
-        "|---|---|---|---|",
+        "| run | all records s (min) | one record s (min) | steady s | steady records/s | × baseline |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, ts in times.items():
-        m = statistics.median(ts)
-        lines.append(f"| {name} | {m:.2f} | {n / m:.0f} | {base / m:.2f} |")
-    size = out_pq.stat().st_size / 1e6
-    lines += ["", f"Parquet output: {size:.1f} MB (zstd, TableWriter's default)."]
+    for name, (f, s) in times.items():
+        st = steady[name]
+        lines.append(f"| {name} | {med(f):.2f} ({min(f):.2f}) | {med(s):.2f} ({min(s):.2f}) | {st:.2f} | "
+                     f"{(n - 1) / st:.0f} | {base / st:.2f} |")
+    eff = []
+    for kind in ("one Parquet file", "folder of Parquet parts"):
+        s1, s2 = steady[f"`ecgtool -@ 1 convert` -> {kind}"], steady[f"`ecgtool -@ 2 convert` -> {kind}"]
+        eff.append(f"{kind}: {s1 / (2 * s2):.0%}")
+    lines += ["", "Parallel efficiency from 1 to 2 threads (steady): " + "; ".join(eff) + "."]
+    parts = sorted(p.name for p in (tmp / "xdir").iterdir()) if (tmp / "xdir").is_dir() else []
+    size = (tmp / "x.parquet").stat().st_size / 1e6
+    lines += [f"Output: one file {size:.1f} MB; folder: {len(parts)} part files."]
     text = "\n".join(lines)
     print(text)
     if args.append:
         res = ROOT / "bench" / "RESULTS.md"
         cmdline = "python bench/bench_convert.py " + " ".join(sys.argv[1:])
         with open(res, "a") as fh:
-            existing = res.read_text() if res.exists() else ""
-            if "## convert" not in existing:
-                fh.write("\n## convert\n")
             fh.write(f"\n`{cmdline}`\n\n{text}\n")
-    for p in (out_pq, out_arrow, out_cli):
-        if p.exists():
-            p.unlink()
-    tmp.rmdir()
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ everywhere, and every old spelling still works with one deprecation note."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import typer.main
 
@@ -130,3 +134,17 @@ def test_old_spelling_of_a_subcommand_is_said_too(cli, tmp_path):
     r = cli(["models", "import", tmp_path / "none.pt", "--labels", "a,b", "-o", tmp_path / "x.safetensors"])
     assert r.exit_code != 0
     assert r.stderr.count("models import --labels is deprecated") == 1, r.stderr
+
+
+def test_commands_use_the_system_allocator_for_arrow_unless_told_otherwise():
+    # mimalloc (pyarrow's default) kept freed pages, so peak memory crept up with the run's length
+    code = ("import sys; sys.argv = ['ecgtool', '--version']\n"
+            "from ecgtool.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import pyarrow as pa; print(pa.default_memory_pool().backend_name)")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "system"
+    env["ARROW_DEFAULT_MEMORY_POOL"] = "mimalloc"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "mimalloc"
