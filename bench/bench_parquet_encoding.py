@@ -27,14 +27,23 @@ def main() -> None:
 
     table = pq.read_table(args.table)
     batches = table.to_batches(max_chunksize=args.rows)
-    meta = [c for c in table.column_names if c != "signal"]
+    from ecgtool.io.stream import _leaf_paths
+
+    leaves = [p for f in table.schema for p in _leaf_paths(f)]
+    sig = [p for p in leaves if p.startswith("signal.")]
+    meta = [p for p in leaves if p not in sig]
     settings = {
-        "zstd (TableWriter's default)": dict(compression="zstd", use_dictionary=meta),
-        "zstd, dictionary on the signal too": dict(compression="zstd", use_dictionary=True),
-        "zstd level -5": dict(compression="zstd", compression_level=-5, use_dictionary=meta),
-        "lz4": dict(compression="lz4", use_dictionary=meta),
-        "snappy": dict(compression="snappy", use_dictionary=meta),
-        "uncompressed": dict(compression="none", use_dictionary=meta),
+        "ecgtool's Encoder: zstd, dictionary everywhere, no statistics on the signal":
+            dict(compression="zstd", use_dictionary=leaves, write_statistics=meta),
+        "zstd, dictionary everywhere, statistics on the signal too": dict(compression="zstd", use_dictionary=leaves),
+        "zstd, no dictionary on the signal (plain)": dict(compression="zstd", use_dictionary=meta,
+                                                           write_statistics=meta),
+        "zstd, byte-stream-split signal": dict(compression="zstd", use_dictionary=meta, write_statistics=meta,
+                                               use_byte_stream_split=sig),
+        "zstd level -5, dictionary everywhere": dict(compression="zstd", compression_level=-5,
+                                                     use_dictionary=leaves, write_statistics=meta),
+        "lz4, dictionary everywhere": dict(compression="lz4", use_dictionary=leaves, write_statistics=meta),
+        "uncompressed, plain signal": dict(compression="none", use_dictionary=meta, write_statistics=meta),
     }
     print(f"{args.table}: {table.num_rows} rows, {table.nbytes / 1e6:.1f} MB in memory, "
           f"row groups of {args.rows}; best of {args.repeats}")

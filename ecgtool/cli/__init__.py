@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 from ecgtool.cli.app import app
 
@@ -30,9 +31,11 @@ for _name in COMMANDS:
 
 
 def main() -> None:
-    # Arrow's buffers from the C library's allocator: pyarrow's default (mimalloc) keeps freed pages for
-    # reuse, which made a long run's peak memory creep up with its length (embed -@ 2 over 10x the
-    # records: 1.19x the peak, against 1.08x with the system allocator, at the same speed; see
-    # bench/RESULTS.md, "memory"). Read when pyarrow first allocates; a user's own setting wins.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    # Arrow's buffers from jemalloc (bundled with pyarrow's Linux wheels), else the C library's allocator:
+    # pyarrow's default, mimalloc, kept freed pages for reuse, so a long run's peak memory crept up with
+    # its length (predict -@ 2 over 10x the records: 1.19x the peak; jemalloc 0.98x, the C library 1.10x),
+    # and with threads it faulted pages in again and again (convert -@ 2: 0.5-0.9 s of system time per 500
+    # PTB-XL records, jemalloc 0.35-0.44 s); see bench/RESULTS.md, "memory". Read when pyarrow first
+    # allocates, inherited by worker processes; a user's own setting wins.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc" if sys.platform == "linux" else "system")
     app(prog_name="ecgtool")
