@@ -45,7 +45,13 @@ along a pipeline. Each command appends its command line to the table's history
 (shown by \fBecgtool info\fR).
 .SH SHARDS, THREADS AND PRECISION
 An input table may be one file, \fB\-\fR, a folder of part files, a glob or a list: parts are
-read in name order as one table (a part whose columns differ from the first's is refused, naming it).
+read in name order as one table. Every part is checked before a row is read: a part whose columns,
+kind, format version or normalisation differ from the first's is refused, naming both files, and a
+truncated part is named. \fB\-o DIR/\fR (or an existing folder) writes part files
+part\-00000.parquet, ... each encoded by one of the \fB\-@\fR threads, all or nothing; a folder that
+already holds tables is refused, except the parts of the other shards of one run
+(part\-shardKofN\-00000.parquet, ...), so that N shards write one folder.
+.PP
 \fB\-\-shard K/N\fR (convert, preprocess, label, embed, predict, saliency) keeps the records whose
 id hashes to shard K of N (1 <= K <= N), the same records in every step, so the shards of a
 pipeline need no merge; inside a SLURM array job the shard comes from
