@@ -91,3 +91,45 @@ def test_shards_of_label_match_the_shards_of_convert(data_dir, tmp_path, cli, mo
     r = cli(["label", rec, "-o", tmp_path / "env.parquet"])
     assert r.exit_code == 0 and "shard 2 of 3 from the SLURM array" in r.stderr
     assert sorted(pq.read_table(tmp_path / "env.shard2of3.parquet").column("record_id").to_pylist()) == sorted(parts[1])
+
+
+def test_a_shard_of_sliced_fixed_shape_batches_keeps_the_right_signals(data_dir, tmp_path, cli):
+    """Shard rows taken from a slice of a batch of a preprocessed (fixed-shape) table are the rows asked for.
+    pyarrow 26 applies a slice's offset twice when it takes rows of a fixed-size list of fixed-size lists, so
+    ``embed --shard 1/2 -@ 2`` (whose parallel reader slices row groups into batches) ran the model on other
+    records' signals, or crashed."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ecgtool.io import arrays as A
+    from ecgtool.io.schema import batch_signal_array
+    from ecgtool.io.shard import shard_batches
+    from ecgtool.io.stream import open_table
+
+    heas = sorted((data_dir / "ptbxl-500" / "records500").rglob("*.hea"))[:12]
+    seg = tmp_path / "seg.parquet"
+    assert cli(["convert", *map(str, heas), "-o", str(tmp_path / "raw.parquet")]).exit_code == 0
+    assert cli(["preprocess", str(tmp_path / "raw.parquet"), "--preset", "ecg-fm", "--batch-size", "8",
+                "-o", str(seg)]).exit_code == 0  # 24 segments in row groups of up to 8
+    with open_table(seg) as r:
+        whole = pa.Table.from_batches(list(r))
+    ids = whole.column("record_id").to_pylist()
+    signals = {}
+    for i, sig in enumerate(batch_signal_array(whole.combine_chunks().to_batches()[0])):
+        signals[(ids[i], whole.column("segment")[i].as_py())] = sig
+    for threads in (1, 2):
+        with open_table(seg, batch_size=3, threads=threads) as r:  # batches of 3: slices of the row groups
+            got = list(shard_batches(iter(r), (1, 2)))
+        rows = [(rid, s) for b in got for rid, s in zip(b.column("record_id").to_pylist(),
+                                                        b.column("segment").to_pylist())]
+        assert rows and len(rows) < len(ids)
+        for b in got:
+            for (rid, s), sig in zip([(x, y) for x, y in zip(b.column("record_id").to_pylist(),
+                                                              b.column("segment").to_pylist())],
+                                     batch_signal_array(b)):
+                assert np.array_equal(sig, signals[(rid, s)]), (threads, rid, s)
+    # the same through the helper, on a bare slice
+    col = whole.combine_chunks().column("signal").chunk(0).slice(5, 6)
+    got = batch_signal_array(pa.RecordBatch.from_arrays([A.take(col, [0, 2, 5])], names=["signal"]))
+    assert np.array_equal(got, np.stack([signals[(ids[5 + k], whole.column("segment")[5 + k].as_py())]
+                                         for k in (0, 2, 5)]))

@@ -135,6 +135,42 @@ def indices(idx: Sequence[int | None] | np.ndarray) -> pa.Array:
     return column(list(idx), pa.int64())
 
 
+def _nested_fixed(t: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(t) and pa.types.is_fixed_size_list(t.value_type)
+
+
+def _unsliced(arr: pa.Array) -> pa.Array:
+    # pyarrow 26 takes and filters the wrong rows of a *sliced* fixed-size list of fixed-size lists
+    # (the slice's offset is applied twice: a fixed-shape signal column; garbage or a crash past the
+    # buffer's end); a copy at offset 0 is taken correctly
+    return pa.concat_arrays([arr]) if arr.offset and _nested_fixed(arr.type) else arr
+
+
+def take(data, positions):
+    """``data.take(positions)`` for an Arrow array, chunked array, record batch or table (positions:
+    row numbers, an Arrow integer array or what :func:`indices` takes), with fixed-shape signal columns
+    taken correctly even from a slice of a batch."""
+    if not isinstance(positions, (pa.Array, pa.ChunkedArray)):
+        positions = indices(positions)
+    if isinstance(data, pa.RecordBatch):
+        if any(c.offset and _nested_fixed(c.type) for c in data.columns):
+            data = pa.RecordBatch.from_arrays([_unsliced(c) for c in data.columns], schema=data.schema)
+    elif isinstance(data, pa.Table):
+        if any(_nested_fixed(f.type) for f in data.schema):
+            data = pa.Table.from_arrays([pa.chunked_array([_unsliced(c) for c in col.chunks], type=col.type)
+                                         for col in data.columns], schema=data.schema)
+    elif isinstance(data, pa.ChunkedArray):
+        data = pa.chunked_array([_unsliced(c) for c in data.chunks], type=data.type)
+    else:
+        data = _unsliced(data)
+    return data.take(positions)
+
+
+def filter_rows(data, mask):
+    """``data.filter(mask)`` (a boolean mask) with the same care as :func:`take`."""
+    return take(data, np.flatnonzero(np.asarray(mask, dtype=bool)))
+
+
 def strings(values: Sequence[str | None]) -> pa.Array:
     """Python strings (None = null) -> Arrow string array."""
     ok = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))

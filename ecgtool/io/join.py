@@ -263,7 +263,7 @@ class JoinTable:
         if self.on is None:
             self.choose_key(ids, src)
         idx = [self.lookup_index(r, s) for r, s in zip(ids, src)]
-        taken = self.table.take(A.indices(idx))
+        taken = A.take(self.table, idx)
         for f in self.fields:
             col = taken.column(f.name).combine_chunks()
             if f.name in batch.schema.names:

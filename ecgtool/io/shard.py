@@ -77,7 +77,7 @@ def shard_batches(batches, shard: tuple[int, int] | None, column: str = "record_
     if shard is None:
         yield from batches
         return
-    import pyarrow as pa
+    from ecgtool.io import arrays as A
 
     seen = kept = 0
     for batch in batches:
@@ -88,7 +88,7 @@ def shard_batches(batches, shard: tuple[int, int] | None, column: str = "record_
         if len(keep) == batch.num_rows:
             yield batch
         elif keep:
-            yield batch.take(pa.array(keep, type=pa.int64()))
+            yield A.take(batch, keep)
     if seen and not kept:
         log.warning("shard %d of %d holds none of the %d input rows: its output is empty", *shard, seen)
 

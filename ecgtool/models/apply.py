@@ -173,7 +173,7 @@ class _Output:
             rows = adapted_batch.num_rows
             nwin = next(iter(per_window.values())).shape[1]
             idx = np.repeat(np.arange(rows), nwin)
-            base = passthrough(adapted_batch.take(A.indices(idx)), drop=(S.SEGMENT,))
+            base = passthrough(A.take(adapted_batch, idx), drop=(S.SEGMENT,))
             base = pa.RecordBatch.from_arrays([base.column(base.schema.get_field_index(n)) for n in self.keep],
                                               names=self.keep)
             seg_in = (np.asarray(S.column_values(adapted_batch, S.SEGMENT, 0), dtype=np.int64)

@@ -104,7 +104,7 @@ class Adapter:
                 keep = [i for i, r in enumerate(ids) if in_shard(r, self.shard)]
                 if not keep:
                     continue
-                batch = batch.take(A.indices(keep))
+                batch = A.take(batch, keep)
             shown = None
             if self.pre is not None:
                 out = self.pre.process(batch)
@@ -222,7 +222,7 @@ def run_windows(adapter: "Adapter", runner: "Runner", fn, source: Iterable[pa.Re
                 keep = np.flatnonzero(ad.valid)
                 if not len(keep):
                     continue
-                ad.batch, ad.x = ad.batch.take(A.indices(keep)), ad.x[keep]
+                ad.batch, ad.x = A.take(ad.batch, keep), ad.x[keep]
                 if ad.display is not None:
                     ad.display = ad.display[keep]
             n, w = ad.x.shape[:2]

@@ -395,8 +395,8 @@ class Preprocessor:
         for c in QUALITY_COLUMNS:
             data[c] = A.from_numpy(qcols[c], pa.int32())
         for i, name in enumerate(names):
-            if name not in OWNED:
-                data[name] = batch.column(i).take(take)
+            if name not in OWNED:  # passed through: may be a fixed-shape column of a sliced batch
+                data[name] = A.take(batch.column(i), take)
         return pa.RecordBatch.from_pydict(data)
 
     def summary(self) -> str:

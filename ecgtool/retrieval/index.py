@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ecgtool.errors import InputError, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.retrieval import fileformat as F
 from ecgtool.retrieval.exact import check_metric, normalise_rows, search_prepared
 
@@ -131,7 +132,7 @@ def embedding_batches(reader, name: str) -> Iterable[EmbeddingBatch]:
             keys = row_keys(meta)
             skipped = [keys[i] for i in np.flatnonzero(~ok)]
             X = X[ok]
-            meta = meta.filter(pa.array(ok))
+            meta = A.filter_rows(meta, ok)
         yield EmbeddingBatch(np.ascontiguousarray(X, dtype=np.float32), meta, skipped)
 
 
@@ -152,7 +153,7 @@ def join_labels(meta, labels, labels_name: str):
     pos = pc.index_in(meta.column("record_id").cast(pa.string()), value_set=lab_ids)
     hit = int(pc.sum(pc.is_valid(pos)).as_py() or 0)
     cols = [c for c in labels.column_names if c != "record_id" and c not in meta.column_names]
-    taken = labels.select(cols).take(pos)
+    taken = A.take(labels.select(cols), pos)
     for c in cols:
         meta = meta.append_column(c, taken.column(c))
     return meta, hit
@@ -483,7 +484,7 @@ def build_index(
             new = np.array([k not in known for k in keys], dtype=bool)
             if not new.all():
                 duplicates.extend(k for k, n in zip(keys, new) if not n)
-                b = EmbeddingBatch(b.X[new], b.meta.filter(pa.array(new)), b.skipped)
+                b = EmbeddingBatch(b.X[new], A.filter_rows(b.meta, new), b.skipped)
             known.update(k for k, n in zip(keys, new) if n)
         if b.X.shape[0] == 0:
             continue

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ecgtool.errors import InputError, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.retrieval.index import Index, check_same_model, embedding_batches, report_skipped, row_keys
 
 log = logging.getLogger("ecgtool")
@@ -283,7 +284,7 @@ def neighbour_table(index: Index, qb: QueryBatch, found) -> "object":
     cols = _query_columns(qb, qi)
     cols["rank"] = pa.array(rank.astype(np.int32))
     cols["distance"] = pa.array(dist.astype(np.float32))
-    nb = index.meta.take(pa.array(rows, pa.int64()))
+    nb = A.take(index.meta, rows)
     names = list(cols) + nb.column_names
     return pa.table(list(cols.values()) + [nb.column(c) for c in nb.column_names], names=names)
 

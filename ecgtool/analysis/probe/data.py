@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ecgtool.errors import InputError, UsageError
+from ecgtool.io import arrays as A
 from ecgtool.evaluation import labels as el
 from ecgtool.io.arrays import float_matrix, float_values
 
@@ -199,7 +200,7 @@ def load_probe_data(
             rec_tokens = [t for t, h in zip(rec_tokens, hit) if h]
         meta = {k: v[hit] for k, v in meta.items()}
         sel = pa.array(rows, type=pa.int64())
-        lab_tab = labels.take(sel)
+        lab_tab = A.take(labels, sel)
         src_tab = lab_tab
     else:
         src_tab = None
