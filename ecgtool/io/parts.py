@@ -42,6 +42,7 @@ from ecgtool.io.files import AtomicFolder, AtomicOutput
 from ecgtool.io.stream import (
     PARQUET_ROW_GROUP,
     TABLE_SUFFIXES,
+    CommitOnSuccess,
     Encoder,
     choose_format,
     nothing_written,
@@ -190,7 +191,7 @@ class _Part:
             self._enc.abort()
 
 
-class PartsWriter:
+class PartsWriter(CommitOnSuccess):
     """A table written to a folder of part files (see the module's notes); what
     ``TableWriter(dest, ...)`` gives for a folder ``dest``, with TableWriter's interface: ``write``,
     ``close``, ``abort``, a context manager; ``rows``, ``format``, ``schema``, ``meta``, and ``paths``
@@ -339,12 +340,3 @@ class PartsWriter:
         for part in self._parts:
             part.abort()
         self._folder.discard()
-
-    def __enter__(self) -> "PartsWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

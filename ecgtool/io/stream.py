@@ -633,7 +633,20 @@ class Encoder:
             pass
 
 
-class TableWriter:
+class CommitOnSuccess:
+    """A writer as a context manager: ``close()`` (commit) when the block succeeds, ``abort()`` when it raises."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class TableWriter(CommitOnSuccess):
     """Write batches to a file (atomically), to stdout, or to a folder of part files.
 
     The schema (with its metadata) is fixed when the writer opens; every batch
@@ -800,14 +813,6 @@ class TableWriter:
             return
         self._out.discard()
 
-    def __enter__(self) -> "TableWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_table(
