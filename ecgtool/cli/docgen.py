@@ -61,6 +61,9 @@ examples/slurm/ has array-job scripts.
 \fB\-@\fR/\fB\-\-threads N\fR (before or after the command) sets the threads of every command's work:
 readers, filters, Parquet encoding and the model on a CPU; the default is the usable cores.
 0, or more than the usable cores, is clamped with a note. \fBconvert \-j\fR is the same option.
+On a node whose cores other jobs also use, set OMP_WAIT_POLICY=PASSIVE: torch's threads then sleep
+while they wait instead of spinning on a core another process needs (predict \-@ 2 took 4 s instead
+of 14\-39 s on two busy cores).
 .PP
 Model commands (embed, predict) take \fB\-\-precision auto\fR by default: bfloat16 on a CPU with
 AVX512\-BF16 or AMX and on a CUDA GPU with bf16, float32 elsewhere; the choice is said once on
