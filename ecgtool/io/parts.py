@@ -39,7 +39,7 @@ import pyarrow as pa
 from ecgtool.errors import UsageError
 from ecgtool.io import schema as S
 from ecgtool.io.files import AtomicFolder, AtomicOutput
-from ecgtool.io.stream import (
+from ecgtool.io.encode import (
     PARQUET_ROW_GROUP,
     TABLE_SUFFIXES,
     CommitOnSuccess,
