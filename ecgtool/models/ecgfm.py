@@ -338,11 +338,22 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim)
 
     def forward(self, x, key_padding_mask=None, need_weights=False):
+        # Without autograd the residual adds and the GELU write into the fresh projection outputs
+        # (the same values): fewer large buffers allocated per layer, and on the CPU each new large
+        # buffer costs page faults (it was ~5% of the fp32 forward at batch 16).
+        inplace = not torch.is_grad_enabled()
         y, attn = self.self_attn(x, key_padding_mask, need_weights)
-        x = self.self_attn_layer_norm(x + self.dropout1(y))
-        y = self.fc2(self.dropout2(F.gelu(self.fc1(x))))
-        x = self.final_layer_norm(x + self.dropout3(y))
+        x = self.self_attn_layer_norm(_residual(x, self.dropout1(y), inplace))
+        h = self.fc1(x)
+        h = torch.ops.aten.gelu_(h) if inplace else F.gelu(h)
+        y = self.fc2(self.dropout2(h))
+        x = self.final_layer_norm(_residual(x, self.dropout3(y), inplace))
         return x, attn
+
+
+def _residual(x: torch.Tensor, y: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x + y``, into ``y``'s buffer when ``inplace`` and the dtypes agree (under autocast they may not)."""
+    return y.add_(x) if inplace and y.dtype == x.dtype else x + y
 
 
 class TransformerEncoder(nn.Module):
